@@ -1,0 +1,1 @@
+"""Booklab's JupyterHub side: GitLab login, pages and configuration loading."""

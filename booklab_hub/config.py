@@ -1,0 +1,226 @@
+"""config.yml: the operator's one file, checked and mapped onto JupyterHub traitlets.
+
+Every setting has a dotted name (``gitlab.url``), a type, a default and, for
+secrets, an environment variable that overrides the file. A bad value stops
+the hub at start with a message naming the key. ``docs/configuration.md`` lists
+every key; :data:`SETTINGS` is the single source of both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+from booklab_spawner.crypto import MIN_TOKEN_LENGTH
+from booklab_spawner.keys import Keys
+
+
+class ConfigError(Exception):
+    """A config.yml problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    default: Any
+    help: str
+    env: str | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+    secret: bool = False
+
+
+def _url(v: str) -> str | None:
+    return None if re.match(r"^https?://[^\s/]+", v or "") else "must be an http(s) URL"
+
+
+def _opt_url(v: str) -> str | None:
+    return None if not v else _url(v)
+
+
+def _redis_url(v: str) -> str | None:
+    return None if re.match(r"^(redis|rediss|unix)://", v) else "must be a redis:// URL"
+
+
+def _token(v: str) -> str | None:
+    return None if len(v) >= MIN_TOKEN_LENGTH else (
+        f"must be at least {MIN_TOKEN_LENGTH} characters (openssl rand -hex 32)")
+
+
+def _prefix(v: str) -> str | None:
+    try:
+        Keys(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _choice(*options: str) -> Callable[[str], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must not be negative"
+
+
+SETTINGS: list[Setting] = [
+    Setting("hub.ip", str, "127.0.0.1", "Address the hub's public proxy listens on."),
+    Setting("hub.port", int, 8000, "Port of the hub's public proxy."),
+    Setting("hub.hub_ip", str, "127.0.0.1",
+            "Address the hub's own API listens on (notebooks must reach it)."),
+    Setting("hub.hub_port", int, 8081, "Port of the hub's own API."),
+    Setting("hub.connect_url", str, "", "URL at which notebook containers reach the hub "
+            "API, e.g. http://10.0.0.2:8081 (default: built from hub_ip/hub_port).",
+            check=_opt_url),
+    Setting("hub.admin_users", list, [], "GitLab user names that are JupyterHub admins."),
+    Setting("hub.db_url", str, "sqlite:///jupyterhub.sqlite", "JupyterHub database URL."),
+    Setting("hub.data_dir", str, ".", "Directory for the hub's database, cookie secret."),
+    Setting("gitlab.url", str, "", "Base URL of your GitLab, e.g. https://gitlab.example.org.",
+            env="GITLAB_URL", check=_url),
+    Setting("gitlab.client_id", str, "", "Application ID of the GitLab OAuth application.",
+            env="GITLAB_CLIENT_ID", check=lambda v: None if v else "is required"),
+    Setting("gitlab.client_secret", str, "", "Secret of the GitLab OAuth application.",
+            env="GITLAB_CLIENT_SECRET", check=lambda v: None if v else "is required",
+            secret=True),
+    Setting("gitlab.callback_url", str, "", "OAuth redirect URL registered in GitLab "
+            "(default: http://<hub.ip>:<hub.port>/hub/oauth_callback).", check=_opt_url),
+    Setting("gitlab.allow_all", bool, False, "Let every GitLab user of the instance log in."),
+    Setting("gitlab.allowed_users", list, [], "GitLab user names allowed to log in."),
+    Setting("gitlab.allowed_groups", list, [], "GitLab groups whose members may log in."),
+    Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis shared with the runners.",
+            env="BOOKLAB_REDIS_URL", check=_redis_url, secret=True),
+    Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
+            check=_prefix),
+    Setting("runners.token", str, "", "Secret shared with the runners; encrypts job secrets.",
+            env="BOOKLAB_RUNNER_TOKEN", check=_token, secret=True),
+    Setting("runners.network", str, "bridge", "'bridge' (publish the notebook port on the "
+            "runner's address) or 'host' (share the runner's network).",
+            check=_choice("bridge", "host")),
+    Setting("runners.image_prefix", str, "booklab/", "Prefix of built image names."),
+    Setting("runners.build_timeout", int, 3600, "Seconds one build may take.",
+            check=_positive),
+    Setting("runners.start_timeout", int, 3600, "Seconds a launch may take in all (queue, "
+            "build, start) before JupyterHub gives up.", check=_positive),
+    Setting("runners.mem_limit", str, "", "Memory limit per notebook, e.g. 2G (empty: none)."),
+    Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: none).",
+            check=_non_negative),
+]
+
+
+def load(path: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read, check and flatten config.yml into ``{"gitlab.url": ..., ...}``."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (start from the config.yml in the Booklab repository)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    flat = _flatten(raw, path)
+    known = {s.name for s in SETTINGS}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]} (known keys: docs/configuration.md)")
+    return {s.name: _value(s, flat, environ, path) for s in SETTINGS}
+
+
+def _flatten(raw: dict, path: str, parent: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{parent}.{key}" if parent else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, path, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _value(s: Setting, flat: dict[str, Any], environ: dict[str, str], path: str) -> Any:
+    value = flat.get(s.name, s.default)
+    if s.env and environ.get(s.env):
+        value = environ[s.env]
+    if value is None:
+        value = s.default
+    try:
+        value = _coerce(s.kind, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: {s.name} must be a {s.kind.__name__}") from None
+    if s.check:
+        problem = s.check(value)
+        if problem:
+            where = f" (or ${s.env})" if s.env else ""
+            raise ConfigError(f"{path}: {s.name}{where} {problem}")
+    return value
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if kind is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [str(v) for v in value]
+    return kind(value)
+
+
+def apply(c: Any, s: dict[str, Any]) -> None:
+    """Map checked settings onto JupyterHub's traitlets config object ``c``."""
+    data_dir = s["hub.data_dir"]
+    c.JupyterHub.ip = s["hub.ip"]
+    c.JupyterHub.port = s["hub.port"]
+    c.JupyterHub.hub_ip = s["hub.hub_ip"]
+    c.JupyterHub.hub_port = s["hub.hub_port"]
+    if s["hub.connect_url"]:
+        c.JupyterHub.hub_connect_url = s["hub.connect_url"]
+    c.JupyterHub.db_url = s["hub.db_url"]
+    c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
+    c.JupyterHub.authenticator_class = "booklab-gitlab"
+    c.JupyterHub.spawner_class = "booklab"
+    c.JupyterHub.allow_named_servers = True
+    c.Authenticator.admin_users = set(s["hub.admin_users"])
+
+    auth = c.BooklabGitLabAuthenticator
+    auth.gitlab_url = s["gitlab.url"]
+    auth.client_id = s["gitlab.client_id"]
+    auth.client_secret = s["gitlab.client_secret"]
+    auth.oauth_callback_url = s["gitlab.callback_url"] or (
+        f"http://{s['hub.ip'] or '127.0.0.1'}:{s['hub.port']}/hub/oauth_callback")
+    auth.allow_all = s["gitlab.allow_all"]
+    auth.allowed_users = set(s["gitlab.allowed_users"])
+    auth.allowed_gitlab_groups = set(s["gitlab.allowed_groups"])
+
+    sp = c.BooklabSpawner
+    sp.gitlab_url = s["gitlab.url"]
+    sp.redis_url = s["redis.url"]
+    sp.key_prefix = s["redis.key_prefix"]
+    sp.runner_token = s["runners.token"]
+    sp.runner_network = s["runners.network"]
+    sp.image_prefix = s["runners.image_prefix"]
+    sp.build_timeout = s["runners.build_timeout"]
+    sp.start_timeout = s["runners.start_timeout"]
+    if s["runners.mem_limit"]:
+        sp.mem_limit = s["runners.mem_limit"]
+    if s["runners.cpu_limit"]:
+        sp.cpu_limit = s["runners.cpu_limit"]
+
+
+def check_crypt_key(environ: dict[str, str] | None = None) -> None:
+    """Auth state (the users' GitLab tokens) must be encrypted: require the key at start."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("JUPYTERHUB_CRYPT_KEY"):
+        raise ConfigError(
+            "JUPYTERHUB_CRYPT_KEY is not set: Booklab keeps each user's GitLab token in "
+            "JupyterHub's encrypted auth state (generate a key with: openssl rand -hex 32)")

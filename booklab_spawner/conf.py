@@ -1,0 +1,63 @@
+"""The ``conf`` hash: settings the hub publishes for every runner.
+
+A runner starts with only a Redis URL and a runner token; everything else it
+needs comes from here, so that operators configure Booklab in one place (the
+hub's ``config.yml``). Values are stored JSON-encoded, one field per setting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .keys import Keys
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass
+class RunnerConf:
+    protocol: int = PROTOCOL_VERSION
+    gitlab_url: str = ""
+    network: str = "bridge"  # "bridge": publish a port; "host": share the host's network
+    notebook_port: int = 8888  # port inside the container (bridge mode)
+    image_prefix: str = "booklab/"
+    build_timeout: int = 3600  # seconds repo2docker may take
+    user_id: int = 1000
+    user_name: str = "jovyan"
+
+    def validate(self) -> RunnerConf:
+        if self.network not in ("bridge", "host"):
+            raise ValueError(f"runner network must be 'bridge' or 'host', not {self.network!r}")
+        if self.user_id == 0:
+            raise ValueError("notebooks never run as root: user_id must not be 0")
+        return self
+
+    def to_hash(self) -> dict[str, str]:
+        return {k: json.dumps(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> RunnerConf:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            if k in known:
+                values[k] = json.loads(v)
+        return cls(**values).validate()
+
+
+async def publish(redis: aioredis.Redis, keys: Keys, conf: RunnerConf) -> None:
+    """Replace the ``conf`` hash atomically with ``conf``."""
+    conf.validate()
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.conf)
+        pipe.hset(keys.conf, mapping=conf.to_hash())
+        await pipe.execute()
+
+
+async def read(redis: aioredis.Redis, keys: Keys) -> RunnerConf | None:
+    data = await redis.hgetall(keys.conf)
+    return RunnerConf.from_hash(data) if data else None

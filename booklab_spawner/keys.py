@@ -1,0 +1,98 @@
+"""Every Redis key Booklab uses, built in one place.
+
+The hub and the runners share one Redis. All keys live behind one configurable
+prefix (default ``booklab:``) so that a Redis can be shared with other tools,
+or two Booklab installations can share one Redis. ``docs/protocol.md`` describes
+who writes and who reads each key; keep the two in step.
+
+Nothing else in Booklab formats a key string: import :class:`Keys`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "booklab:"
+
+# ids we generate ourselves; validated so that a key can never be built from
+# something that contains a separator or whitespace.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,64}:?$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe id for a key, else raise ValueError."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ValueError(f"invalid {kind} id: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds key names from one prefix.
+
+    >>> Keys("bl:").job("abc")
+    'bl:job:abc'
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.fullmatch(self.prefix):
+            raise ValueError(f"invalid Redis key prefix: {self.prefix!r}")
+
+    # -- shared configuration -------------------------------------------------
+    @property
+    def conf(self) -> str:
+        """HASH the hub publishes for runners (``field -> JSON value``)."""
+        return f"{self.prefix}conf"
+
+    # -- runners --------------------------------------------------------------
+    @property
+    def runners(self) -> str:
+        """SET of the ids of runners that registered."""
+        return f"{self.prefix}runners"
+
+    def heartbeat(self, runner_id: str) -> str:
+        """STRING with a 30 s expiry; present while the runner is alive."""
+        return f"{self.prefix}heartbeat:{check_id('runner', runner_id)}"
+
+    def runner(self, runner_id: str) -> str:
+        """HASH describing a runner (host, slots, version, started)."""
+        return f"{self.prefix}runner:{check_id('runner', runner_id)}"
+
+    def claimed(self, runner_id: str) -> str:
+        """LIST of job ids a runner has claimed and not yet finished."""
+        return f"{self.prefix}claimed:{check_id('runner', runner_id)}"
+
+    def commands(self, runner_id: str) -> str:
+        """LIST of commands (JSON) for one runner, e.g. stop a job."""
+        return f"{self.prefix}commands:{check_id('runner', runner_id)}"
+
+    # -- jobs -----------------------------------------------------------------
+    @property
+    def queue(self) -> str:
+        """LIST of queued job ids; LPUSH by the hub, BLMOVE by runners."""
+        return f"{self.prefix}queue"
+
+    @property
+    def status(self) -> str:
+        """HASH ``job id -> state`` for every job (the seed's ``status``)."""
+        return f"{self.prefix}status"
+
+    def job(self, job_id: str) -> str:
+        """HASH holding one job record (see :mod:`booklab_spawner.jobs`)."""
+        return f"{self.prefix}job:{check_id('job', job_id)}"
+
+    def log(self, job_id: str) -> str:
+        """STREAM of one job's log lines and state changes (replayable)."""
+        return f"{self.prefix}log:{check_id('job', job_id)}"
+
+    def token(self, job_id: str) -> str:
+        """STRING: the job's secrets (notebook API token, clone credential), encrypted."""
+        return f"{self.prefix}token:{check_id('job', job_id)}"
+
+    def all_patterns(self) -> list[str]:
+        """Glob patterns matching every key Booklab may write (for cleanup tools)."""
+        return [f"{self.prefix}*"]

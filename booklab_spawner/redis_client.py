@@ -1,0 +1,34 @@
+"""One ``redis.asyncio`` client per (URL, event loop), with retries and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+_clients: dict[tuple[str, int], aioredis.Redis] = {}
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A new client; strings decoded, transient errors retried with backoff."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries=5),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+
+
+def get_redis(url: str) -> aioredis.Redis:
+    """The shared client for ``url`` on the running loop (created on first use)."""
+    loop = asyncio.get_running_loop()
+    key = (url, id(loop))
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = connect(url)
+    return client

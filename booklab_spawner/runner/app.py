@@ -1,0 +1,257 @@
+"""``booklab-runner``: the worker service on each Docker machine.
+
+It needs a Redis URL and the runner token; everything else comes from the
+``conf`` hash the hub publishes. It claims queued jobs with a blocking BLMOVE
+(no polling), one job per free slot, and answers stop commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+
+from traitlets import Integer, Unicode, default, validate
+from traitlets.config import Application
+
+from .. import __version__, runners
+from .. import conf as confmod
+from .. import jobs as J
+from ..crypto import SecretBox, check_runner_token
+from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
+from ..keys import DEFAULT_PREFIX, Keys, check_id
+from ..redis_client import connect
+from .heartbeat import heartbeat_loop
+from .launch import Launcher
+from .worker import JobWorker
+
+log = logging.getLogger("booklab.runner")
+
+CLAIM_BLOCK = 2.0  # seconds one BLMOVE blocks before re-checking for shutdown
+
+
+class Runner:
+    """The runner's main loop: heartbeat, claims and commands."""
+
+    def __init__(self, app: RunnerApp):
+        self.runner_id = app.runner_id
+        self.slots = app.slots
+        self.work_dir = app.work_dir
+        self.keys = Keys(app.key_prefix)
+        self.redis = connect(app.redis_url)
+        self.store = J.JobStore(self.redis, self.keys)
+        self.box = SecretBox(app.runner_token)
+        self.launcher = Launcher(self.runner_id, app.advertise_host)
+        self.advertise_host = app.advertise_host
+        self.workers: dict[str, tuple[JobWorker, asyncio.Task]] = {}
+        self.free = asyncio.Semaphore(self.slots)
+        self.stopping = asyncio.Event()
+
+    def info(self) -> dict[str, str]:
+        return {
+            "host": self.advertise_host, "slots": str(self.slots),
+            "used": str(len(self.workers)), "version": __version__,
+            "jobs": json.dumps(sorted(self.workers)),
+        }
+
+    async def conf(self) -> confmod.RunnerConf:
+        conf = await confmod.read(self.redis, self.keys)
+        if conf is None:
+            raise RunnerUnavailable("The hub has not published its configuration (conf) yet")
+        return conf
+
+    async def run(self) -> None:
+        os.makedirs(self.work_dir, exist_ok=True)
+        await runners.register(self.redis, self.keys, self.runner_id, self.info())
+        log.info("runner %s registered (%d slot(s), advertising %s)",
+                 self.runner_id, self.slots, self.advertise_host)
+        tasks = [
+            asyncio.create_task(heartbeat_loop(self.redis, self.keys, self.runner_id,
+                                               self.info, self.stopping)),
+            asyncio.create_task(self.claim_loop()),
+            asyncio.create_task(self.command_loop()),
+        ]
+        await self.stopping.wait()
+        await asyncio.gather(*tasks[1:])
+        await self.shutdown()
+        tasks[0].cancel()
+        await runners.deregister(self.redis, self.keys, self.runner_id)
+        await self.redis.aclose()
+        log.info("runner %s stopped", self.runner_id)
+
+    async def claim_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:  # wait for a free slot, re-checking for shutdown now and then
+                await asyncio.wait_for(self.free.acquire(), CLAIM_BLOCK)
+            except asyncio.TimeoutError:
+                continue
+            try:
+                job_id = await self.store.claim(self.runner_id, CLAIM_BLOCK)
+            except Exception as e:
+                self.free.release()
+                log.warning("claim failed: %s", e)
+                await asyncio.sleep(1)  # Redis unreachable: back off, don't spin
+                continue
+            if job_id is None or not await self._take(job_id):
+                self.free.release()
+
+    async def _take(self, job_id: str) -> bool:
+        try:
+            await self.store.transition(job_id, J.CLAIMED, f"Claimed by runner {self.runner_id}",
+                                        allowed_from=[J.QUEUED], runner=self.runner_id)
+        except (InvalidTransition, JobNotFound) as e:
+            log.info("skipping job %s: %s", job_id, e)
+            await self.store.release(self.runner_id, job_id)
+            return False
+        if self.stopping.is_set():
+            await self.store.requeue(self.runner_id, job_id, "Runner is shutting down; requeued")
+            return False
+        worker = JobWorker(self, job_id)
+        task = asyncio.create_task(worker.run())
+        self.workers[job_id] = (worker, task)
+        task.add_done_callback(lambda _t, j=job_id: self._done(j))
+        log.info("claimed job %s", job_id)
+        return True
+
+    def _done(self, job_id: str) -> None:
+        self.workers.pop(job_id, None)
+        self.free.release()
+
+    async def command_loop(self) -> None:
+        key = self.keys.commands(self.runner_id)
+        while not self.stopping.is_set():
+            try:
+                item = await self.redis.blpop([key], timeout=CLAIM_BLOCK)
+            except Exception as e:
+                log.warning("reading commands failed: %s", e)
+                await asyncio.sleep(1)
+                continue
+            if item:
+                await self.handle(item[1])
+
+    async def handle(self, raw: str) -> None:
+        try:
+            command = json.loads(raw)
+            job_id = check_id("job", command.get("job", ""))
+        except (ValueError, AttributeError):
+            log.warning("ignoring malformed command %r", raw[:200])
+            return
+        if command.get("op") != "stop":
+            log.warning("ignoring unknown command %r", command.get("op"))
+            return
+        entry = self.workers.get(job_id)
+        if entry is None:
+            await self._stop_unknown(job_id)
+            return
+        worker, task = entry
+        if worker.container_id:
+            await worker.stop()
+        else:
+            task.cancel()
+
+    async def _stop_unknown(self, job_id: str) -> None:
+        """A stop for a job this runner no longer works on: confirm it."""
+        try:
+            await self.store.transition(job_id, J.STOPPED, "Stopped", allowed_from=[J.STOPPING])
+        except (InvalidTransition, JobNotFound):
+            pass
+
+    async def shutdown(self) -> None:
+        """Hand back jobs not yet running; stop the notebooks of running ones."""
+        for job_id, (worker, task) in list(self.workers.items()):
+            if worker.state in (J.CLAIMED, J.FETCHING, J.BUILDING):
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                try:
+                    await self.store.requeue(self.runner_id, job_id,
+                                             f"Runner {self.runner_id} shut down; requeued")
+                except (InvalidTransition, JobNotFound):
+                    pass
+            else:
+                try:
+                    await self.store.transition(job_id, J.STOPPING,
+                                                f"Runner {self.runner_id} is shutting down")
+                except (InvalidTransition, JobNotFound):
+                    pass
+                await worker.stop()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+class RunnerApp(Application):
+    name = "booklab-runner"
+    description = """Booklab runner: builds GitLab repositories with repo2docker and runs
+    their notebook servers in Docker, for the JupyterHub that shares its Redis."""
+    version = __version__
+
+    redis_url = Unicode(config=True, help="Redis URL shared with the hub "
+                        "(default: $BOOKLAB_REDIS_URL or redis://127.0.0.1:6379/0).")
+
+    @default("redis_url")
+    def _default_redis_url(self) -> str:
+        return os.environ.get("BOOKLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    runner_token = Unicode(config=True, help="Secret shared with the hub, at least 32 "
+                           "characters (default: $BOOKLAB_RUNNER_TOKEN).")
+
+    @default("runner_token")
+    def _default_runner_token(self) -> str:
+        return os.environ.get("BOOKLAB_RUNNER_TOKEN", "")
+
+    runner_id = Unicode(config=True, help="This runner's id: letters, digits, '.', '_', '-' "
+                        "(default: the host name).")
+
+    @default("runner_id")
+    def _default_runner_id(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "runner"
+
+    @validate("runner_id")
+    def _check_runner_id(self, proposal) -> str:
+        return check_id("runner", proposal.value)
+
+    advertise_host = Unicode("127.0.0.1", config=True, help="Address at which the hub "
+                             "and its proxy reach this runner's notebooks, e.g. 10.0.0.12.")
+    slots = Integer(1, config=True, help="Notebooks this runner runs at once (one per slot).")
+
+    @validate("slots")
+    def _check_slots(self, proposal) -> int:
+        if proposal.value < 1:
+            raise ValueError("slots must be at least 1")
+        return proposal.value
+
+    work_dir = Unicode("/var/lib/booklab-runner", config=True,
+                       help="Directory for checkouts and build contexts (emptied after use).")
+    key_prefix = Unicode(DEFAULT_PREFIX, config=True, help="Redis key prefix (as the hub's).")
+
+    aliases = {
+        "redis-url": "RunnerApp.redis_url",
+        "runner-id": "RunnerApp.runner_id",
+        "advertise-host": "RunnerApp.advertise_host",
+        "slots": "RunnerApp.slots",
+        "work-dir": "RunnerApp.work_dir",
+        "key-prefix": "RunnerApp.key_prefix",
+        "log-level": "Application.log_level",
+    }
+
+    def start(self) -> None:
+        try:
+            check_runner_token(self.runner_token)
+        except ValueError as e:
+            self.exit(f"booklab-runner: {e} (set $BOOKLAB_RUNNER_TOKEN)")
+        logging.basicConfig(level=self.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        runner = Runner(self)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stopping.set)
+        await runner.run()
+
+
+def main() -> None:
+    RunnerApp.launch_instance()

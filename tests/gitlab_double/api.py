@@ -1,0 +1,180 @@
+"""REST v4: the current user, version, projects, groups and memberships."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import entities
+from .store import ACCESS_LEVELS, GUEST, OWNER, VISIBILITIES, Group, Project, User
+from .web import ApiHandler, bad_param, not_found
+
+PROJECT_ORDER: dict[str, Callable[[Project], Any]] = {
+    "id": lambda p: p.id,
+    "name": lambda p: p.name.lower(),
+    "path": lambda p: p.path.lower(),
+    "created_at": lambda p: p.created_at,
+    "updated_at": lambda p: p.last_activity_at,
+    "last_activity_at": lambda p: p.last_activity_at,
+}
+GROUP_ORDER: dict[str, Callable[[Group], Any]] = {
+    "name": lambda g: g.name.lower(),
+    "path": lambda g: g.path.lower(),
+    "id": lambda g: g.id,
+}
+GITLAB_VERSION = "17.4.0"
+
+
+class UserHandler(ApiHandler):
+    read_scopes = ("api", "read_api", "read_user")
+
+    def get(self) -> None:
+        viewer = self.require_user()
+        self.write_json(entities.user(self.store, viewer, private=True))
+
+
+class VersionHandler(ApiHandler):
+    read_scopes = ("api", "read_api", "read_user")
+
+    def get(self) -> None:
+        self.require_user()
+        self.write_json({"version": GITLAB_VERSION, "revision": "0double0", "kas": {
+            "enabled": False, "externalUrl": None, "version": None}, "enterprise": False})
+
+
+class ProjectsHandler(ApiHandler):
+    def get(self) -> None:
+        viewer = self.authenticate()
+        projects = self._filter(viewer, [p for p in list(self.store.projects.values())
+                                         if self.store.can_see_project(viewer, p)])
+        order = self.choice_arg("order_by", tuple(PROJECT_ORDER), "created_at")
+        desc = self.choice_arg("sort", ("asc", "desc"), "desc") == "desc"
+        key = PROJECT_ORDER[order or "created_at"]
+        projects.sort(key=lambda p: (key(p), p.id), reverse=desc)
+        simple = self.bool_arg("simple")
+        page = self.paginate(projects)
+        self.write_json([entities.project(self.store, p, viewer, simple=simple) for p in page])
+
+    def _filter(self, viewer: User | None, projects: list[Project]) -> list[Project]:
+        level = self.int_arg("min_access_level")
+        if level is not None and level not in ACCESS_LEVELS:
+            raise bad_param("min_access_level")
+        visibility = self.choice_arg("visibility", VISIBILITIES, None)
+        search = (self.get_query_argument("search", "") or "").lower()
+        in_namespaces = self.bool_arg("search_namespaces")
+        if viewer is not None and self.bool_arg("membership"):
+            level = max(level or 0, GUEST)
+        if viewer is not None and self.bool_arg("owned"):
+            projects = [p for p in projects if p.owner_id == viewer.id]
+        if level is not None and viewer is not None:
+            projects = [p for p in projects if self.store.project_access(viewer, p) >= level]
+        if visibility:
+            projects = [p for p in projects if p.visibility == visibility]
+        if search:
+            projects = [p for p in projects if _matches(p, search, in_namespaces)]
+        return projects
+
+
+def _matches(p: Project, needle: str, in_namespaces: bool) -> bool:
+    fields = [p.name, p.path, p.description] + ([p.full_path] if in_namespaces else [])
+    return any(needle in f.lower() for f in fields)
+
+
+class ProjectHandler(ApiHandler):
+    def get(self, ref: str) -> None:
+        viewer = self.authenticate()
+        project = self.visible_project(ref, viewer)
+        self.write_json(entities.project(self.store, project, viewer))
+
+
+class ProjectMemberHandler(ApiHandler):
+    """/projects/:id/members/all/:user_id (inherited) and /members/:user_id (direct)."""
+
+    def get(self, ref: str, scope: str | None, user_id: str) -> None:
+        viewer = self.authenticate()
+        project = self.visible_project(ref, viewer)
+        user = self.store.users.get(int(user_id))
+        if user is None:
+            raise not_found("Member")
+        if scope:
+            level = self.store.project_access(user, project)
+        else:
+            level = self.store.members.get(("project", project.id, user.id), 0)
+            level = max(level, OWNER if project.owner_id == user.id else 0)
+        if level == 0:
+            raise not_found("Member")
+        since = self.store.member_since.get(("project", project.id, user.id), user.created_at)
+        self.write_json(entities.member(self.store, user, level, since))
+
+
+class GroupsHandler(ApiHandler):
+    def get(self) -> None:
+        viewer = self.authenticate()
+        groups = [g for g in list(self.store.groups.values())
+                  if self.store.can_see_group(viewer, g)]
+        level = self.int_arg("min_access_level")
+        if level is not None and level not in ACCESS_LEVELS:
+            raise bad_param("min_access_level")
+        all_available = viewer is None or self.bool_arg("all_available")
+        if viewer is not None and (level is not None or not all_available):
+            groups = [g for g in groups if self.store.group_access(viewer, g) >= (level or 1)]
+        groups = self._filter(groups)
+        order = self.choice_arg("order_by", tuple(GROUP_ORDER), "name")
+        desc = self.choice_arg("sort", ("asc", "desc"), "asc") == "desc"
+        key = GROUP_ORDER[order or "name"]
+        groups.sort(key=lambda g: (key(g), g.id), reverse=desc)
+        self.write_json([entities.group(self.store, g) for g in self.paginate(groups)])
+
+    def _filter(self, groups: list[Group]) -> list[Group]:
+        search = (self.get_query_argument("search", "") or "").lower()
+        if search:
+            groups = [g for g in groups if search in g.name.lower() or search in g.path.lower()]
+        if self.bool_arg("top_level_only"):
+            groups = [g for g in groups if g.parent_id is None]
+        return groups
+
+
+class GroupHandler(ApiHandler):
+    def get(self, ref: str) -> None:
+        viewer = self.authenticate()
+        group = self.visible_group(ref, viewer)
+        data = entities.group(self.store, group)
+        projects = [p for p in list(self.store.projects.values())
+                    if p.group_id == group.id and self.store.can_see_project(viewer, p)]
+        data["projects"] = [entities.project(self.store, p, viewer) for p in projects]
+        self.write_json(data)
+
+    def visible_group(self, ref: str, viewer: User | None) -> Group:
+        group = self.store.group_by_ref(ref)
+        if group is None or not self.store.can_see_group(viewer, group):
+            raise not_found("Group")
+        return group
+
+
+class GroupMemberHandler(GroupHandler):
+    """/groups/:id/members/all/:user_id (inherited) and /members/:user_id (direct)."""
+
+    def get(self, ref: str, scope: str | None, user_id: str) -> None:
+        viewer = self.authenticate()
+        group = self.visible_group(ref, viewer)
+        user = self.store.users.get(int(user_id))
+        if user is None:
+            raise not_found("Member")
+        key = ("group", group.id, user.id)
+        level = self.store.group_access(user, group) if scope else self.store.members.get(key, 0)
+        if level == 0:
+            raise not_found("Member")
+        since = self.store.member_since.get(key, user.created_at)
+        self.write_json(entities.member(self.store, user, level, since))
+
+
+_ID = r"([^/]+)"
+HANDLERS = [
+    (r"/api/v4/user", UserHandler),
+    (r"/api/v4/version", VersionHandler),
+    (r"/api/v4/projects", ProjectsHandler),
+    (rf"/api/v4/projects/{_ID}", ProjectHandler),
+    (rf"/api/v4/projects/{_ID}/members/(all/)?(\d+)", ProjectMemberHandler),
+    (r"/api/v4/groups", GroupsHandler),
+    (rf"/api/v4/groups/{_ID}", GroupHandler),
+    (rf"/api/v4/groups/{_ID}/members/(all/)?(\d+)", GroupMemberHandler),
+]

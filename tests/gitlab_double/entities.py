@@ -1,0 +1,139 @@
+"""JSON shapes of GitLab's REST API v4 entities, built from the store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .gitrepo import Commit, Ref
+from .store import OWNER, DeployKey, Group, Project, Store, User
+
+NOTIFICATION_GLOBAL = 3
+
+
+def ts(value: datetime | None) -> str | None:
+    """GitLab's timestamp format: UTC with milliseconds."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def user(store: Store, u: User, *, private: bool = False) -> dict[str, Any]:
+    data = {
+        "id": u.id, "username": u.username, "name": u.name, "state": "active",
+        "locked": False, "avatar_url": None, "web_url": f"{store.base_url}/{u.username}",
+    }
+    if private:
+        data.update({
+            "created_at": ts(u.created_at), "bio": "", "location": "", "public_email": None,
+            "email": u.email, "commit_email": u.email, "bot": False, "external": False,
+            "two_factor_enabled": False, "private_profile": False, "is_admin": False,
+        })
+    return data
+
+
+def namespace(store: Store, p: Project) -> dict[str, Any]:
+    if p.group_id is not None:
+        g = store.groups[p.group_id]
+        return {"id": g.id, "name": g.name, "path": g.path, "kind": "group",
+                "full_path": g.full_path, "parent_id": g.parent_id, "avatar_url": None,
+                "web_url": f"{store.base_url}/groups/{g.full_path}"}
+    owner = store.users[p.owner_id or 0]
+    return {"id": owner.namespace_id, "name": owner.name, "path": owner.username,
+            "kind": "user", "full_path": owner.username, "parent_id": None,
+            "avatar_url": None, "web_url": f"{store.base_url}/{owner.username}"}
+
+
+def _access(level: int) -> dict[str, int] | None:
+    return {"access_level": level, "notification_level": NOTIFICATION_GLOBAL} if level else None
+
+
+def _name_with_namespace(store: Store, p: Project) -> str:
+    if p.group_id is None:
+        return f"{store.users[p.owner_id or 0].name} / {p.name}"
+    names = [g.name for g in reversed(store.ancestors(store.groups[p.group_id]))]
+    return " / ".join([*names, p.name])
+
+
+def project(store: Store, p: Project, viewer: User | None, *, simple: bool = False
+            ) -> dict[str, Any]:
+    web_url = f"{store.base_url}/{p.full_path}"
+    data = {
+        "id": p.id, "description": p.description, "name": p.name,
+        "name_with_namespace": _name_with_namespace(store, p), "path": p.path,
+        "path_with_namespace": p.full_path, "created_at": ts(p.created_at),
+        "default_branch": p.default_branch, "tag_list": [], "topics": [],
+        "ssh_url_to_repo": f"git@127.0.0.1:{p.full_path}.git",
+        "http_url_to_repo": f"{web_url}.git", "web_url": web_url,
+        "readme_url": None, "avatar_url": None, "forks_count": 0, "star_count": 0,
+        "last_activity_at": ts(p.last_activity_at), "namespace": namespace(store, p),
+    }
+    if simple:
+        return data
+    direct = store.members.get(("project", p.id, viewer.id), 0) if viewer else 0
+    if viewer is not None and p.owner_id == viewer.id:
+        direct = max(direct, OWNER)
+    data.update({
+        "visibility": p.visibility, "archived": False, "empty_repo": False,
+        "updated_at": ts(p.last_activity_at), "owner": None,
+        "permissions": {"project_access": _access(direct),
+                        "group_access": _access(store.group_access_for_project(viewer, p))},
+    })
+    if p.owner_id is not None:
+        data["owner"] = user(store, store.users[p.owner_id])
+    return data
+
+
+def group(store: Store, g: Group) -> dict[str, Any]:
+    names = [a.name for a in reversed(store.ancestors(g))]
+    return {
+        "id": g.id, "name": g.name, "path": g.path, "description": g.description,
+        "visibility": g.visibility, "avatar_url": None,
+        "web_url": f"{store.base_url}/groups/{g.full_path}", "full_name": " / ".join(names),
+        "full_path": g.full_path, "parent_id": g.parent_id, "created_at": ts(g.created_at),
+    }
+
+
+def member(store: Store, u: User, level: int, since: datetime | None) -> dict[str, Any]:
+    return {**user(store, u), "access_level": level, "created_at": ts(since),
+            "expires_at": None, "membership_state": "active"}
+
+
+def commit(store: Store, p: Project, c: Commit) -> dict[str, Any]:
+    return {
+        "id": c.sha, "short_id": c.sha[:8], "created_at": c.committed_date,
+        "parent_ids": c.parents, "title": c.title, "message": c.message,
+        "author_name": c.author_name, "author_email": c.author_email,
+        "authored_date": c.authored_date, "committer_name": c.committer_name,
+        "committer_email": c.committer_email, "committed_date": c.committed_date,
+        "trailers": {}, "extended_trailers": {},
+        "web_url": f"{store.base_url}/{p.full_path}/-/commit/{c.sha}",
+    }
+
+
+def branch(store: Store, p: Project, ref: Ref, *, merged: bool, can_push: bool
+           ) -> dict[str, Any]:
+    default = ref.name == p.default_branch
+    return {
+        "name": ref.name, "merged": merged, "protected": default,
+        "developers_can_push": False, "developers_can_merge": False,
+        "can_push": can_push, "default": default,
+        "web_url": f"{store.base_url}/{p.full_path}/-/tree/{ref.name}",
+        "commit": commit(store, p, ref.commit),
+    }
+
+
+def tag(store: Store, p: Project, ref: Ref) -> dict[str, Any]:
+    return {
+        "name": ref.name, "message": ref.tag_message or "", "target": ref.target,
+        "commit": commit(store, p, ref.commit), "release": None, "protected": False,
+        "created_at": ref.tagged_at,
+    }
+
+
+def deploy_key(k: DeployKey, can_push: bool) -> dict[str, Any]:
+    return {
+        "id": k.id, "title": k.title, "key": k.key, "fingerprint": k.fingerprint,
+        "fingerprint_sha256": k.fingerprint_sha256, "usage_type": "auth_and_signing",
+        "created_at": ts(k.created_at), "expires_at": ts(k.expires_at), "can_push": can_push,
+    }

@@ -1,0 +1,95 @@
+"""Start the real services the tests need: redis-server, and checks for dockerd.
+
+A missing service fails the run (pytest.fail), never skips: CI must execute
+every test. ``scripts/test.sh`` installs and starts what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_IMAGE = "booklab-test/notebook:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in its own directory."""
+
+    def __init__(self, workdir: Path, appendonly: bool = False):
+        binary = shutil.which("redis-server")
+        if not binary:
+            pytest.fail("redis-server is not installed: run scripts/test.sh (it installs it)")
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "yes" if appendonly else "no", "--dir", str(workdir),
+                    "--notify-keyspace-events", "KEA"]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def require_docker():
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except DockerException as e:
+        pytest.fail(f"Docker is not reachable ({e}): run scripts/test.sh (it starts dockerd)")
+    return client
+
+
+def require_image(client, name: str = NOTEBOOK_IMAGE) -> str:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(name)
+    except ImageNotFound:
+        pytest.fail(f"test image {name} is missing: run tests/images/build.sh "
+                    "(scripts/test.sh does)")
+    return name
+
+
+def artifacts_dir() -> Path:
+    path = Path(os.environ.get("BOOKLAB_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
