@@ -190,6 +190,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.authenticator_class = "booklab-gitlab"
     c.JupyterHub.spawner_class = "booklab"
     c.JupyterHub.allow_named_servers = True
+    # land on the hub's home page after login, not on a spawn without a project
+    c.JupyterHub.default_url = "/hub/home"
     c.Authenticator.admin_users = set(s["hub.admin_users"])
 
     auth = c.BooklabGitLabAuthenticator

@@ -1,1 +1,229 @@
-"""Fixtures for the whole stack (filled in below)."""
+"""The whole stack on real services: JupyterHub + CHP, booklab-runner, Docker.
+
+The hub runs as a real ``jupyterhub`` process loading the project's own
+``jupyterhub_config.py`` and a ``config.yml`` written by the fixture, so the
+operator's configuration path is what the tests exercise. (We chose this over
+``jupyterhub.tests``' in-process MockHub: the spawner, config loader and proxy
+are then tested exactly as deployed, and the hub's event loop stays separate
+from the test's. Unit-level spawner tests may still use MockHub later.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+import requests
+import yaml
+
+from tests.services import (NOTEBOOK_IMAGE, artifacts_dir, free_port, require_docker,
+                            require_image, wait_for_port)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SERVICE_TOKEN = secrets.token_hex(16)
+E2E_IMAGE_PREFIX = "booklab-e2e/"
+KEY_PREFIX = "booklab-e2e:"
+
+DEMO_DOCKERFILE = f"""\
+FROM {NOTEBOOK_IMAGE}
+COPY --chown=1000:1000 . /home/jovyan/
+WORKDIR /home/jovyan
+"""
+DEMO_NOTEBOOK = json.dumps({
+    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Hello from Booklab"]}],
+    "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+})
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    client = require_docker()
+    require_image(client)
+    yield client
+    for c in client.containers.list(all=True, filters={"label": "org.booklab.job"}):
+        if c.labels.get("org.booklab.runner", "").startswith("e2e-"):
+            c.remove(force=True)
+    for image in client.images.list():
+        if any(t.startswith(E2E_IMAGE_PREFIX) for t in image.tags):
+            client.images.remove(image.id, force=True)
+
+
+class Process:
+    """A subprocess with its output in a log file, dumped when a test fails."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path):
+        self.name = name
+        self.log_path = artifacts_dir() / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Hub:
+    def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str):
+        self.workdir = workdir
+        self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client_id, self.client_secret = "booklab-test", secrets.token_hex(16)
+        gitlab.add_oauth_app(self.client_id, self.client_secret,
+                             redirect_uri=f"{self.url}/hub/oauth_callback",
+                             scopes=["api", "read_api", "read_user", "read_repository"])
+        self.config = {
+            "hub": {"ip": "127.0.0.1", "port": self.port, "hub_ip": "127.0.0.1",
+                    "hub_port": self.hub_port, "admin_users": ["admin"],
+                    "data_dir": str(workdir), "db_url": f"sqlite:///{workdir}/hub.sqlite"},
+            "gitlab": {"url": gitlab.url, "client_id": self.client_id, "allow_all": True},
+            "redis": {"url": redis_url, "key_prefix": KEY_PREFIX},
+            "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
+                        "start_timeout": 600},
+        }
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "BOOKLAB_CONFIG": str(workdir / "config.yml"),
+            "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
+            "GITLAB_CLIENT_SECRET": self.client_secret,  # secrets through the environment
+            "BOOKLAB_RUNNER_TOKEN": runner_token,
+        }
+        self.process: Process | None = None
+
+    def write_config(self) -> None:
+        (self.workdir / "config.yml").write_text(yaml.safe_dump(self.config))
+        (self.workdir / "test_config.py").write_text(f"""
+load_subconfig({str(REPO / "jupyterhub_config.py")!r})
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+c.JupyterHub.services = [{{"name": "booklab-test", "api_token": {SERVICE_TOKEN!r}}}]
+c.JupyterHub.load_roles = [{{"name": "booklab-test", "services": ["booklab-test"],
+    "scopes": ["admin:users", "admin:servers", "tokens", "read:users"]}}]
+c.JupyterHub.log_level = "DEBUG"
+""")
+
+    def start(self) -> Hub:
+        self.write_config()
+        self.process = Process("hub", [str(BIN / "jupyterhub"), "-f", "test_config.py"],
+                               self.env, self.workdir)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.proc.poll() is not None:
+                raise RuntimeError("the hub exited:\n" + self.process.output()[-4000:])
+            try:
+                if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the hub did not answer:\n" + self.process.output()[-4000:])
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def api(self, method: str, path: str, token: str = SERVICE_TOKEN, **kw) -> requests.Response:
+        return requests.request(method, f"{self.url}/hub/api{path}",
+                                headers={"Authorization": f"token {token}"}, timeout=30, **kw)
+
+    def login(self, username: str, password: str) -> requests.Session:
+        """The OAuth redirect flow, as a browser would follow it."""
+        s = requests.Session()
+        r = s.get(f"{self.url}/hub/oauth_login", timeout=30)
+        assert "/users/sign_in" in r.url, r.url
+        r = s.post(r.url, data={"username": username, "password": password, "commit": "Sign in"},
+                   timeout=30)
+        assert r.url.startswith(self.url + "/hub/"), (r.status_code, r.url)
+        return s
+
+    def user_token(self, username: str) -> str:
+        r = self.api("POST", f"/users/{username}/tokens",
+                     json={"note": "booklab e2e", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def proxied(self, path: str) -> str:
+        return urljoin(self.url, path)
+
+
+class RunnerProcess(Process):
+    def __init__(self, runner_id: str, redis_url: str, token: str, workdir: Path,
+                 slots: int = 1):
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
+        cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
+               "--advertise-host=127.0.0.1", f"--work-dir={workdir}", f"--slots={slots}",
+               f"--key-prefix={KEY_PREFIX}", "--log-level=DEBUG"]
+        super().__init__(f"runner-{runner_id}", cmd, env, workdir)
+        self.runner_id = runner_id
+
+
+@pytest.fixture
+def runner_token() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def demo_gitlab(gitlab):
+    """The GitLab double with alice (Developer on demo/hello) and bob (no access)."""
+    gitlab.add_user("alice", password="alice-pw", name="Alice")
+    gitlab.add_user("bob", password="bob-pw", name="Bob")
+    gitlab.add_project("demo/hello", files={
+        "Dockerfile": DEMO_DOCKERFILE, "README.md": "# Hello\n", "hello.ipynb": DEMO_NOTEBOOK,
+    }, default_branch="main", visibility="private")
+    gitlab.add_member("demo/hello", "alice", 30)
+    return gitlab
+
+
+@pytest.fixture
+def hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
+    hub = Hub(tmp_path / "hub", demo_gitlab, redis_server.url, runner_token)
+    hub.workdir.mkdir()
+    hub.start()
+    yield hub
+    hub.stop()
+    _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture
+def runner(redis_server, runner_token, tmp_path, docker_client, request):
+    workdir = tmp_path / "runner"
+    workdir.mkdir()
+    proc = RunnerProcess("e2e-runner-1", redis_server.url, runner_token, workdir)
+    yield proc
+    proc.stop()
+    _dump_on_failure(request, proc)
+
+
+def _dump_on_failure(request, process: Process | None) -> None:
+    rep = getattr(request.node, "rep_call", None)
+    if process and rep is not None and rep.failed:
+        print(f"\n===== {process.name} log ({process.log_path}) =====")
+        print(process.output()[-8000:])
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

@@ -190,6 +190,13 @@ fi
 if [[ $(image_id "$NOTEBOOK_REPO:latest") != "$nb_id" ]]; then
     log "tagging $NOTEBOOK_REPO:latest"
     "$DOCKER" tag "$NOTEBOOK_IMAGE" "$NOTEBOOK_REPO:latest"
+    # drop the tags of older notebook builds (an image still used by a
+    # container or by another tag is left alone by docker)
+    for old in $("$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}' "$NOTEBOOK_REPO"); do
+        [[ $old == "$NOTEBOOK_IMAGE" || $old == "$NOTEBOOK_REPO:latest" ]] && continue
+        log "removing stale tag $old"
+        "$DOCKER" rmi "$old" >/dev/null 2>&1 || log "could not remove $old (in use?)"
+    done
 fi
 log "done: $NOTEBOOK_IMAGE = $NOTEBOOK_REPO:latest ($("$DOCKER" image inspect --format '{{.Size}}' "$nb_id" | awk '{printf "%.0f MB", $1/1e6}'))"
 echo "$NOTEBOOK_IMAGE"

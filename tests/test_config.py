@@ -1,0 +1,99 @@
+"""config.yml is checked at start; a bad value names its key; env overrides secrets."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from booklab_hub.config import SETTINGS, ConfigError, load
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = {
+    "gitlab": {"url": "https://gitlab.example.org", "client_id": "id", "client_secret": "s"},
+    "runners": {"token": "x" * 40},
+}
+
+
+def write(tmp_path, data):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_good_config_loads_with_defaults(tmp_path):
+    s = load(write(tmp_path, GOOD), environ={})
+    assert s["gitlab.url"] == "https://gitlab.example.org"
+    assert s["redis.url"] == "redis://127.0.0.1:6379/0"
+    assert s["runners.network"] == "bridge"
+    assert set(s) == {x.name for x in SETTINGS}
+
+
+def test_environment_overrides_secrets(tmp_path):
+    env = {"GITLAB_CLIENT_SECRET": "from-env", "BOOKLAB_RUNNER_TOKEN": "e" * 40,
+           "BOOKLAB_REDIS_URL": "redis://redis:6379/1"}
+    s = load(write(tmp_path, GOOD), environ=env)
+    assert s["gitlab.client_secret"] == "from-env"
+    assert s["runners.token"] == "e" * 40
+    assert s["redis.url"] == "redis://redis:6379/1"
+
+
+@pytest.mark.parametrize("patch,key", [
+    ({"gitlab": {"url": "gitlab.example.org"}}, "gitlab.url"),
+    ({"gitlab": {"client_id": ""}}, "gitlab.client_id"),
+    ({"runners": {"token": "short"}}, "runners.token"),
+    ({"runners": {"network": "overlay"}}, "runners.network"),
+    ({"runners": {"build_timeout": 0}}, "runners.build_timeout"),
+    ({"runners": {"build_timeout": "soon"}}, "runners.build_timeout"),
+    ({"redis": {"url": "http://redis"}}, "redis.url"),
+    ({"redis": {"key_prefix": "a b"}}, "redis.key_prefix"),
+    ({"runner": {"slots": 2}}, "runner.slots"),  # typo'd section: unknown key
+])
+def test_bad_values_name_their_key(tmp_path, patch, key):
+    data = {k: dict(v) for k, v in GOOD.items()}
+    for section, values in patch.items():
+        data.setdefault(section, {}).update(values)
+    with pytest.raises(ConfigError) as exc:
+        load(write(tmp_path, data), environ={})
+    assert key in str(exc.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(str(tmp_path / "nope.yml"), environ={})
+    bad = tmp_path / "bad.yml"
+    bad.write_text("gitlab: [unclosed")
+    with pytest.raises(ConfigError, match="YAML"):
+        load(str(bad), environ={})
+
+
+def run_hub_config(tmp_path, env):
+    """Load jupyterhub_config.py the way JupyterHub does, in a fresh process."""
+    code = ("from traitlets.config.loader import PyFileConfigLoader as L; "
+            f"c = L('jupyterhub_config.py', path={str(REPO)!r}).load_config(); "
+            "print(c.BooklabSpawner.gitlab_url, c.JupyterHub.spawner_class)")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, cwd=tmp_path)
+
+
+def test_hub_refuses_to_start_without_crypt_key(tmp_path):
+    env = {"BOOKLAB_CONFIG": write(tmp_path, GOOD), "PATH": "/usr/bin:/bin"}
+    r = run_hub_config(tmp_path, env)
+    assert r.returncode != 0
+    assert "JUPYTERHUB_CRYPT_KEY" in r.stderr
+
+
+def test_hub_config_maps_onto_traitlets(tmp_path):
+    env = {"BOOKLAB_CONFIG": write(tmp_path, GOOD), "PATH": "/usr/bin:/bin",
+           "JUPYTERHUB_CRYPT_KEY": "k" * 64}
+    r = run_hub_config(tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["https://gitlab.example.org", "booklab"]
+
+
+def test_hub_config_exit_message_names_the_key(tmp_path):
+    env = {"BOOKLAB_CONFIG": write(tmp_path, {**GOOD, "runners": {"token": "x"}}),
+           "PATH": "/usr/bin:/bin", "JUPYTERHUB_CRYPT_KEY": "k" * 64}
+    r = run_hub_config(tmp_path, env)
+    assert r.returncode != 0 and "runners.token" in r.stderr
