@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import entities
 from .store import ACCESS_LEVELS, GUEST, OWNER, VISIBILITIES, Group, Project, User

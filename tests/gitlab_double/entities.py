@@ -18,6 +18,11 @@ def ts(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+def git_date(value: str) -> str:
+    """git's strict ISO date with GitLab's milliseconds: 2024-01-02T03:04:05.000+00:00."""
+    return value if "." in value[:20] else value[:19] + ".000" + value[19:]
+
+
 def user(store: Store, u: User, *, private: bool = False) -> dict[str, Any]:
     data = {
         "id": u.id, "username": u.username, "name": u.name, "state": "active",
@@ -101,11 +106,12 @@ def member(store: Store, u: User, level: int, since: datetime | None) -> dict[st
 
 def commit(store: Store, p: Project, c: Commit) -> dict[str, Any]:
     return {
-        "id": c.sha, "short_id": c.sha[:8], "created_at": c.committed_date,
+        "id": c.sha, "short_id": c.sha[:8], "created_at": git_date(c.committed_date),
         "parent_ids": c.parents, "title": c.title, "message": c.message,
         "author_name": c.author_name, "author_email": c.author_email,
-        "authored_date": c.authored_date, "committer_name": c.committer_name,
-        "committer_email": c.committer_email, "committed_date": c.committed_date,
+        "authored_date": git_date(c.authored_date), "committer_name": c.committer_name,
+        "committer_email": c.committer_email,
+        "committed_date": git_date(c.committed_date),
         "trailers": {}, "extended_trailers": {},
         "web_url": f"{store.base_url}/{p.full_path}/-/commit/{c.sha}",
     }
@@ -127,7 +133,7 @@ def tag(store: Store, p: Project, ref: Ref) -> dict[str, Any]:
     return {
         "name": ref.name, "message": ref.tag_message or "", "target": ref.target,
         "commit": commit(store, p, ref.commit), "release": None, "protected": False,
-        "created_at": ref.tagged_at,
+        "created_at": git_date(ref.tagged_at) if ref.tagged_at else None,
     }
 
 

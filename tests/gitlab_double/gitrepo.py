@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AUTHOR = ("Administrator", "admin@example.com")
-_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 _COMMIT_FIELDS = 9
 _COMMIT_FORMAT = "%x00".join(["%H", "%P", "%an", "%ae", "%aI", "%cn", "%ce", "%cI", "%B"]) + "%x00"
@@ -75,13 +74,16 @@ def commit_files(repo: Path, branch: str, files: dict[str, str | bytes | None], 
         index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if base:
             _git(repo, "read-tree", base, env=index)
+        entries = []
         for path, content in files.items():
-            if content is None:
-                _git(repo, "update-index", "--force-remove", "--", path, env=index)
+            if content is None:  # mode 0 removes the entry
+                entries.append(f"0 {'0' * 40}\t{path}\0")
                 continue
             data = content.encode() if isinstance(content, str) else content
             blob = _git(repo, "hash-object", "-w", "--stdin", data=data)
-            _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index)
+            entries.append(f"100644 {blob}\t{path}\0")
+        _git(repo, "update-index", "-z", "--index-info", data="".join(entries).encode(),
+             env=index)
         tree = _git(repo, "write-tree", env=index)
     people = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
               "GIT_COMMITTER_NAME": author[0], "GIT_COMMITTER_EMAIL": author[1]}
@@ -172,7 +174,7 @@ async def refs(repo: Path, kind: str) -> list[Ref]:
     shas = [r[2] or r[1] for r in rows]
     found = await commits(repo, shas)
     result = []
-    for row, sha in zip(rows, shas):
+    for row, sha in zip(rows, shas, strict=True):
         name = row[0].lstrip("\n").removeprefix(f"refs/{kind}/")
         annotated = bool(row[2])
         result.append(Ref(name=name, target=row[1], commit=found[sha],
@@ -197,7 +199,3 @@ async def stats(repo: Path, sha: str) -> dict[str, int]:
         if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
             adds, dels = adds + int(parts[0]), dels + int(parts[1])
     return {"additions": adds, "deletions": dels, "total": adds + dels}
-
-
-def is_sha(text: str) -> bool:
-    return bool(_SHA.match(text))

@@ -18,8 +18,16 @@ from typing import Any
 
 from tornado.httputil import url_concat
 
-from .store import (CODE_LIFETIME, DEFAULT_OAUTH_SCOPES, KNOWN_SCOPES, AuthCode, OAuthApp,
-                    Session, Token, User)
+from .store import (
+    CODE_LIFETIME,
+    DEFAULT_OAUTH_SCOPES,
+    KNOWN_SCOPES,
+    AuthCode,
+    OAuthApp,
+    Session,
+    Token,
+    User,
+)
 from .web import ApiError, BaseHandler
 
 SESSION_COOKIE = "_gitlab_session"

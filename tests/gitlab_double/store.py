@@ -74,10 +74,6 @@ class Project:
     created_at: datetime = field(default_factory=utcnow)
     last_activity_at: datetime = field(default_factory=utcnow)
 
-    @property
-    def namespace_path(self) -> str:
-        return self.full_path.rsplit("/", 1)[0]
-
 
 @dataclass
 class OAuthApp:

@@ -154,6 +154,21 @@ class ApiHandler(BaseHandler):
             raise bad_param(name, "is invalid")
         return value in ("true", "1", "yes")
 
+    def body_params(self) -> dict[str, Any]:
+        """Request parameters from a JSON or form body (and the query string)."""
+        params: dict[str, Any] = {k: v[-1].decode() for k, v in
+                                  self.request.query_arguments.items()}
+        if self.request.headers.get("Content-Type", "").startswith("application/json"):
+            try:
+                data = json.loads(self.request.body or b"{}")
+            except ValueError:
+                raise ApiError(400, {"error": "The request body is not valid JSON"}) from None
+            if isinstance(data, dict):
+                params.update(data)
+        else:
+            params.update({k: v[-1].decode() for k, v in self.request.body_arguments.items()})
+        return params
+
     def paginate(self, items: list[Any]) -> list[Any]:
         """Slice one page and set GitLab's X-* and Link headers."""
         page = self.int_arg("page", 1) or 1

@@ -1,0 +1,237 @@
+"""`GitLabDouble`: the Python API tests use to set up and inspect the double."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import entities, gitrepo
+from .app import RequestLog, ServerThread, make_app
+from .oauth import token_response
+from .store import (
+    ACCESS_LEVELS,
+    KNOWN_SCOPES,
+    VISIBILITIES,
+    Group,
+    NotFound,
+    OAuthApp,
+    Project,
+    Store,
+    User,
+    utcnow,
+)
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+Files = dict[str, "str | bytes | None"]
+
+
+def _check_path(path: str) -> list[str]:
+    parts = path.strip("/").split("/")
+    for part in parts:
+        if not _SEGMENT.match(part) or part.endswith((".git", ".atom")):
+            raise ValueError(f"invalid GitLab path {path!r}")
+    return parts
+
+
+class GitLabDouble:
+    """A GitLab stand-in: OAuth2, REST v4 and git over HTTP on 127.0.0.1."""
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.data_dir)
+        self.requests_log: RequestLog = []
+        self._server: ServerThread | None = None
+
+    # -- server -----------------------------------------------------------
+    def start(self, port: int = 0) -> None:
+        """Serve on 127.0.0.1 (a free port unless given) from a background thread."""
+        self._server = ServerThread(lambda: make_app(self.store, self.requests_log), port)
+        self.store.base_url = f"http://127.0.0.1:{self._server.port}"
+        self._server.start()
+
+    @property
+    def url(self) -> str:
+        if not self.store.base_url:
+            raise RuntimeError("GitLabDouble.start() was not called")
+        return self.store.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    # -- users, groups, projects -----------------------------------------
+    def add_user(self, username: str, password: str | None = None, name: str | None = None,
+                 email: str | None = None) -> dict[str, Any]:
+        _check_path(username)
+        with self.store.lock:
+            if self.store.user_by_name(username) or self.store.group_by_path(username):
+                raise ValueError(f"namespace {username!r} is already taken")
+            user = User(id=self.store.next_id("user"), username=username,
+                        name=name or username, email=email or f"{username}@example.com",
+                        password=password or secrets.token_hex(8),
+                        namespace_id=self.store.next_id("ns"))
+            self.store.users[user.id] = user
+        return entities.user(self.store, user, private=True)
+
+    def add_group(self, path: str, visibility: str = "private", name: str | None = None,
+                  description: str = "") -> dict[str, Any]:
+        """Add a group; for "a/b" the parent "a" must exist."""
+        parts = _check_path(path)
+        if visibility not in VISIBILITIES:
+            raise ValueError(f"visibility must be one of {VISIBILITIES}")
+        with self.store.lock:
+            parent = self.store.group_by_path("/".join(parts[:-1])) if len(parts) > 1 else None
+            if len(parts) > 1 and parent is None:
+                raise NotFound(f"parent group of {path!r} does not exist")
+            if self.store.group_by_path(path) or (not parent and self.store.user_by_name(path)):
+                raise ValueError(f"namespace {path!r} is already taken")
+            group = Group(id=self.store.next_id("ns"), name=name or parts[-1], path=parts[-1],
+                          full_path="/".join(parts), parent_id=parent.id if parent else None,
+                          visibility=visibility, description=description)
+            self.store.groups[group.id] = group
+        return entities.group(self.store, group)
+
+    def add_project(self, path: str, files: Files | None = None, default_branch: str = "main",
+                    visibility: str = "private", description: str = "",
+                    name: str | None = None) -> dict[str, Any]:
+        """Add a project with a bare repository holding one initial commit.
+
+        Missing groups on the way are created; a namespace that is a username
+        makes a personal project owned by that user.
+        """
+        parts = _check_path(path)
+        if len(parts) < 2 or visibility not in VISIBILITIES:
+            raise ValueError(f"invalid project path or visibility: {path!r}, {visibility!r}")
+        if self.store.project_by_path(path):
+            raise ValueError(f"project {path!r} already exists")
+        group, owner = self._namespace_for("/".join(parts[:-1]))
+        repo_dir = self.data_dir / f"{'/'.join(parts)}.git"
+        gitrepo.init_bare(repo_dir, default_branch)
+        gitrepo.commit_files(repo_dir, default_branch, files or {"README.md": f"# {parts[-1]}\n"},
+                             "Initial commit", base=None)
+        with self.store.lock:
+            project = Project(id=self.store.next_id("project"), name=name or parts[-1],
+                              path=parts[-1], full_path="/".join(parts),
+                              group_id=group.id if group else None,
+                              owner_id=owner.id if owner else None,
+                              default_branch=default_branch, visibility=visibility,
+                              repo_dir=repo_dir, description=description)
+            self.store.projects[project.id] = project
+        return entities.project(self.store, project, owner)
+
+    def _namespace_for(self, ns_path: str) -> tuple[Group | None, User | None]:
+        group = self.store.group_by_path(ns_path)
+        if group is not None:
+            return group, None
+        owner = self.store.user_by_name(ns_path) if "/" not in ns_path else None
+        if owner is not None:
+            return None, owner
+        parts = ns_path.split("/")
+        for depth in range(1, len(parts) + 1):
+            if self.store.group_by_path("/".join(parts[:depth])) is None:
+                self.add_group("/".join(parts[:depth]))
+        return self.store.group_by_path(ns_path), None
+
+    def _project(self, path: str) -> Project:
+        project = self.store.project_by_path(path)
+        if project is None:
+            raise NotFound(f"no project {path!r}")
+        return project
+
+    def add_member(self, path: str, username: str, access_level: int) -> None:
+        """Make a user a member of a project, or of a group (inherited below it)."""
+        if access_level not in ACCESS_LEVELS:
+            raise ValueError(f"access_level must be one of {ACCESS_LEVELS}")
+        user = self.store.require_user(username)
+        project = self.store.project_by_path(path)
+        group = self.store.group_by_path(path) if project is None else None
+        if project is None and group is None:
+            raise NotFound(f"no project or group {path!r}")
+        key = ("project", project.id, user.id) if project else ("group", group.id, user.id)
+        with self.store.lock:
+            self.store.members[key] = access_level
+            self.store.member_since.setdefault(key, utcnow())
+
+    # -- repositories -----------------------------------------------------
+    def commit(self, path: str, branch: str, files: Files, message: str = "Update files") -> str:
+        """Commit on `branch` (created from the default branch if missing); returns the sha."""
+        project = self._project(path)
+        base = (gitrepo.rev_parse(project.repo_dir, f"refs/heads/{branch}")
+                or gitrepo.rev_parse(project.repo_dir, f"refs/heads/{project.default_branch}"))
+        sha = gitrepo.commit_files(project.repo_dir, branch, files, message, base)
+        project.last_activity_at = utcnow()
+        return sha
+
+    def create_tag(self, path: str, name: str, ref: str | None = None,
+                   message: str | None = None) -> str:
+        """Tag `ref` (default branch if None); annotated when a message is given."""
+        project = self._project(path)
+        target = gitrepo.rev_parse(project.repo_dir, ref or project.default_branch)
+        if target is None:
+            raise NotFound(f"no ref {ref!r} in {path!r}")
+        sha = gitrepo.create_tag(project.repo_dir, name, target, message)
+        project.last_activity_at = utcnow()
+        return sha
+
+    # -- OAuth ------------------------------------------------------------
+    def add_oauth_app(self, client_id: str, client_secret: str,
+                      redirect_uri: str | Iterable[str],
+                      scopes: Iterable[str] = ("api", "read_user"),
+                      name: str = "Booklab") -> dict[str, Any]:
+        uris = [redirect_uri] if isinstance(redirect_uri, str) else list(redirect_uri)
+        scopes = list(scopes)
+        unknown = set(scopes) - KNOWN_SCOPES
+        if unknown:
+            raise ValueError(f"unknown scopes: {sorted(unknown)}")
+        with self.store.lock:
+            app = OAuthApp(id=self.store.next_id("app"), client_id=client_id,
+                           client_secret=client_secret, redirect_uris=uris, scopes=scopes,
+                           name=name)
+            self.store.apps[client_id] = app
+        return {"id": app.id, "application_id": client_id, "application_name": name,
+                "secret": client_secret, "callback_url": "\n".join(uris),
+                "scopes": scopes, "confidential": True}
+
+    def issue_token(self, username: str, scopes: Iterable[str] = ("api",),
+                    expires_in: int | None = 7200, client_id: str | None = None
+                    ) -> dict[str, Any]:
+        """A token as if issued by OAuth (refreshable through `client_id`'s app if given)."""
+        user = self.store.require_user(username)
+        app = self.store.apps.get(client_id) if client_id else None
+        if client_id and app is None:
+            raise NotFound(f"no OAuth application {client_id!r}")
+        token = self.store.new_token(user.id, list(scopes), app.id if app else None, expires_in)
+        return token_response(token)
+
+    def expire_token(self, access_token: str) -> None:
+        token = self.store.tokens[access_token]
+        token.expires_in = token.expires_in or 0
+        token.created_at = time.time() - token.expires_in - 1
+
+    def revoke_token(self, access_token: str) -> None:
+        self.store.revoke(self.store.tokens[access_token])
+
+    # -- deploy keys and the SSH seam -----------------------------------
+    def deploy_keys(self, path: str) -> list[dict[str, Any]]:
+        project = self._project(path)
+        keys = sorted(self.store.project_keys(project), key=lambda kp: kp[0].id)
+        return [entities.deploy_key(k, push) for k, push in keys]
+
+    def authorized_keys(self, command: str) -> str:
+        """All deploy keys in authorized_keys format, each with a forced
+        `command key-<id>` (as gitlab-shell does), for a future sshd's
+        AuthorizedKeysCommand."""
+        options = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty"
+        return "".join(f'command="{command} key-{k.id}",{options} {k.key}\n'
+                       for k in sorted(self.store.deploy_keys.values(), key=lambda k: k.id))
+
+    def deploy_key_can_read(self, key_id: int, path: str) -> bool:
+        """Whether deploy key `key_id` may fetch project `path` (the forced command's check)."""
+        project = self.store.project_by_path(path)
+        return project is not None and (project.id, key_id) in self.store.key_links
