@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -122,7 +123,8 @@ def load(path: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (start from the config.yml in the Booklab repository)") from None
+        raise ConfigError(f"{path}: file not found (start from the repository's config.yml)"
+                          ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -131,7 +133,8 @@ def load(path: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
     known = {s.name for s in SETTINGS}
     unknown = sorted(set(flat) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]} (known keys: docs/configuration.md)")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]} (known keys: docs/configuration.md)")
     return {s.name: _value(s, flat, environ, path) for s in SETTINGS}
 
 

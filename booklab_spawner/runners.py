@@ -56,4 +56,4 @@ async def alive_runners(redis: aioredis.Redis, keys: Keys) -> list[str]:
     if not ids:
         return []
     flags = await redis.mget([keys.heartbeat(i) for i in ids])
-    return [i for i, f in zip(ids, flags) if f is not None]
+    return [i for i, f in zip(ids, flags, strict=True) if f is not None]

@@ -20,8 +20,18 @@ from . import validate as check
 from .crypto import SecretBox, check_runner_token
 from .exceptions import BooklabError, GitLabError, InvalidInput, InvalidTransition
 from .gitlab import GitLabClient
-from .jobs import (ACTIVE, FAILED, PROGRESS, QUEUED, RUNNING, STOPPED, STOPPING, TERMINAL,
-                   JobStore, new_job_id)
+from .jobs import (
+    ACTIVE,
+    FAILED,
+    PROGRESS,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TERMINAL,
+    JobStore,
+    new_job_id,
+)
 from .keys import DEFAULT_PREFIX, Keys
 from .redis_client import get_redis
 from .runners import is_alive

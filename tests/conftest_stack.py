@@ -24,8 +24,13 @@ import pytest
 import requests
 import yaml
 
-from tests.services import (NOTEBOOK_IMAGE, artifacts_dir, free_port, require_docker,
-                            require_image, wait_for_port)
+from tests.services import (
+    NOTEBOOK_IMAGE,
+    artifacts_dir,
+    free_port,
+    require_docker,
+    require_image,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -189,8 +194,10 @@ def demo_gitlab(gitlab):
     gitlab.add_user("alice", password="alice-pw", name="Alice")
     gitlab.add_user("bob", password="bob-pw", name="Bob")
     gitlab.add_project("demo/hello", files={
-        "Dockerfile": DEMO_DOCKERFILE, "README.md": "# Hello\n", "hello.ipynb": DEMO_NOTEBOOK,
+        "Dockerfile": DEMO_DOCKERFILE, "README.md": "# Hello\n",
     }, default_branch="main", visibility="private")
+    gitlab.demo_sha = gitlab.commit("demo/hello", "main", {"hello.ipynb": DEMO_NOTEBOOK},
+                                    message="Add a notebook")
     gitlab.add_member("demo/hello", "alice", 30)
     return gitlab
 

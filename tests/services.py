@@ -67,8 +67,9 @@ class RedisServer:
 
 
 def require_docker():
-    import docker
     from docker.errors import DockerException
+
+    import docker
 
     try:
         client = docker.from_env(version="auto")

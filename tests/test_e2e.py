@@ -6,7 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
+import requests
 from docker.errors import NotFound
+
+from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -34,8 +38,17 @@ def wait_for_stop(hub, user: str, server: str, token: str, timeout: float = 120)
     raise AssertionError(f"server {server} still there after {timeout} s")
 
 
+def job_of(redis_url: str, user: str, server: str) -> dict:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for key in r.scan_iter(f"{KEY_PREFIX}job:*"):
+        job = r.hgetall(key)
+        if job.get("user") == user and job.get("server_name") == server:
+            return job
+    raise AssertionError(f"no job for {user}/{server}")
+
+
 def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
-        hub, runner, docker_client):
+        hub, runner, docker_client, redis_server, demo_gitlab):
     hub.login("alice", "alice-pw")  # real OAuth flow: stores alice's GitLab token
     token = hub.user_token("alice")
 
@@ -46,8 +59,7 @@ def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
     assert server["url"] == "/user/alice/hello/"
 
     # through the proxy, with the user's own token, like JupyterLab's file browser
-    r = hub.api("GET", "", token=token)  # hub reachable with the token
-    contents = __import__("requests").get(
+    contents = requests.get(
         hub.proxied("/user/alice/hello/api/contents"),
         headers={"Authorization": f"token {token}"}, timeout=30)
     assert contents.status_code == 200, contents.text[:500]
@@ -69,3 +81,7 @@ def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
     wait_for_stop(hub, "alice", "hello", token)
     with pytest.raises(NotFound):
         docker_client.containers.get(container.id)
+    job = job_of(redis_server.url, "alice", "hello")
+    assert job["state"] == "stopped", job
+    assert job["sha"] == demo_gitlab.demo_sha
+    assert "error" not in job

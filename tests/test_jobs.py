@@ -4,7 +4,6 @@ import asyncio
 
 import pytest
 
-from booklab_spawner import jobs as J
 from booklab_spawner.exceptions import InvalidTransition, JobNotFound
 
 

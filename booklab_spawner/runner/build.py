@@ -74,7 +74,8 @@ async def build(checkout: str, image: str, user_id: int, user_name: str, timeout
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-            raise BuildFailed(f"The build took longer than {timeout:.0f} s and was stopped")
+            raise BuildFailed(
+                f"The build took longer than {timeout:.0f} s and was stopped") from None
         except asyncio.CancelledError:
             proc.kill()
             await proc.wait()

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import docker
 from docker.errors import APIError, ImageNotFound, NotFound
+
+import docker
 
 from ..exceptions import LaunchFailed
 
@@ -112,16 +113,20 @@ class Launcher:
         return container.status
 
     async def wait_exit(self, container_id: str) -> Exit:
-        """Block (in a thread) until the container exits."""
+        """Block (in a thread) until the container exits; then its code, OOM flag, last lines."""
         try:
             container = await self._run(self.client.containers.get, container_id)
             result = await self._run(container.wait)
-            await self._run(container.reload)
         except NotFound:
             return Exit(code=-1, oom_killed=False, last_lines=[])
-        logs = await self._run(container.logs, tail=20)
+        code = int(result.get("StatusCode", -1))
+        try:  # the container may be removed meanwhile by a stop request
+            await self._run(container.reload)
+            logs = await self._run(container.logs, tail=20)
+        except (NotFound, APIError):
+            return Exit(code=code, oom_killed=False, last_lines=[])
         return Exit(
-            code=int(result.get("StatusCode", -1)),
+            code=code,
             oom_killed=bool(container.attrs.get("State", {}).get("OOMKilled")),
             last_lines=logs.decode(errors="replace").splitlines(),
         )
