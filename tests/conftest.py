@@ -9,7 +9,13 @@ from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys
 from tests.services import RedisServer
 
-pytest_plugins = ["tests.conftest_gitlab", "tests.conftest_stack"]
+pytest_plugins = [
+    "tests.conftest_gitlab",
+    "tests.conftest_stack",
+    "tests.conftest_runner",
+    "tests.conftest_hub",
+    "tests.conftest_pages",
+]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Fixtures for the hub tests (see the module's own tests)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the pages tests (see the module's own tests)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the runner tests (see the module's own tests)."""
