@@ -9,6 +9,8 @@ from __future__ import annotations
 from oauthenticator.gitlab import GitLabOAuthenticator
 from traitlets import Unicode, default
 
+from booklab_hub.handlers import handlers_for
+
 # what each clone method needs from GitLab (see docs/security.md)
 SCOPES_TOKEN_CLONE = ["read_user", "read_api", "read_repository"]
 
@@ -30,3 +32,7 @@ class BooklabGitLabAuthenticator(GitLabOAuthenticator):
     @default("refresh_pre_spawn")
     def _refresh_pre_spawn_default(self) -> bool:
         return True
+
+    def get_handlers(self, app) -> list[tuple]:
+        """OAuth login/callback plus Booklab's own pages (picker, build log, admin)."""
+        return super().get_handlers(app) + handlers_for(app)
