@@ -14,7 +14,7 @@ need_root() {
 }
 
 install_debian_packages() {
-  local pkgs=(docker.io redis-server openssh-server debootstrap git chromium curl ca-certificates iproute2)
+  local pkgs=(docker.io redis-server openssh-server debootstrap git chromium curl ca-certificates iproute2 openssl)
   local missing=()
   for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   if [ "${#missing[@]}" -gt 0 ]; then
