@@ -95,7 +95,24 @@ SETTINGS: list[Setting] = [
             "(default: http://<hub.ip>:<hub.port>/hub/oauth_callback).", check=_opt_url),
     Setting("gitlab.allow_all", bool, False, "Let every GitLab user of the instance log in."),
     Setting("gitlab.allowed_users", list, [], "GitLab user names allowed to log in."),
-    Setting("gitlab.allowed_groups", list, [], "GitLab groups whose members may log in."),
+    Setting("gitlab.allowed_groups", list, [], "GitLab groups whose members may log in; "
+            "subgroups by full path, e.g. my-lab/students (members inherited from parent "
+            "groups count)."),
+    Setting("gitlab.allowed_projects", list, [], "GitLab projects (full paths such as "
+            "my-lab/course, or numeric ids) whose Developers, Maintainers and Owners may "
+            "log in."),
+    Setting("gitlab.clone_method", str, "auto", "How runners get a repository: "
+            "'deploy_key' (a fresh read-only deploy key per launch, SSH clone; needs "
+            "Maintainer), 'token' (HTTPS with the user's own OAuth token), or 'auto' "
+            "(deploy key for Maintainers, token otherwise). Also sets the OAuth scopes: "
+            "'api' for deploy_key/auto, 'read_user read_api read_repository' for token; "
+            "the GitLab application must allow them.",
+            check=_choice("auto", "deploy_key", "token")),
+    Setting("gitlab.ssh_known_hosts", str, "", "known_hosts lines of GitLab's SSH host keys "
+            "(ssh-keyscan gitlab.example.org), given to runners for deploy-key clones."),
+    Setting("gitlab.token_min_lifetime", int, 1800, "Seconds a user's GitLab token must "
+            "still be valid at a launch or stop; closer to expiry it is refreshed first "
+            "(GitLab's tokens live 7200 s).", check=_non_negative),
     Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis shared with the runners.",
             env="BOOKLAB_REDIS_URL", check=_redis_url, secret=True),
     Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
@@ -108,8 +125,14 @@ SETTINGS: list[Setting] = [
     Setting("runners.image_prefix", str, "booklab/", "Prefix of built image names."),
     Setting("runners.build_timeout", int, 3600, "Seconds one build may take.",
             check=_positive),
-    Setting("runners.start_timeout", int, 3600, "Seconds a launch may take in all (queue, "
-            "build, start) before JupyterHub gives up.", check=_positive),
+    Setting("runners.queue_timeout", int, 600, "Seconds a launch may wait for a runner to "
+            "take it; the error then says whether no runner is alive or all are busy.",
+            check=_positive),
+    Setting("runners.container_start_timeout", int, 300, "Seconds from starting the "
+            "notebook container until it listens.", check=_positive),
+    Setting("runners.start_timeout", int, 0, "Seconds a launch may take in all before "
+            "JupyterHub gives up (0: queue + build + container start timeouts plus a "
+            "margin, so that the message says which phase ran out).", check=_non_negative),
     Setting("runners.mem_limit", str, "", "Memory limit per notebook, e.g. 2G (empty: none)."),
     Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: none).",
             check=_non_negative),
@@ -193,6 +216,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.authenticator_class = "booklab-gitlab"
     c.JupyterHub.spawner_class = "booklab"
     c.JupyterHub.allow_named_servers = True
+    # notebooks run on runners, not inside the hub: a hub restart reattaches to them
+    c.JupyterHub.cleanup_servers = False
     # land on the hub's home page after login, not on a spawn without a project
     c.JupyterHub.default_url = "/hub/home"
     c.Authenticator.admin_users = set(s["hub.admin_users"])
@@ -206,6 +231,9 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     auth.allow_all = s["gitlab.allow_all"]
     auth.allowed_users = set(s["gitlab.allowed_users"])
     auth.allowed_gitlab_groups = set(s["gitlab.allowed_groups"])
+    auth.allowed_projects = set(s["gitlab.allowed_projects"])
+    auth.clone_method = s["gitlab.clone_method"]
+    auth.access_token_min_lifetime = s["gitlab.token_min_lifetime"]
 
     sp = c.BooklabSpawner
     sp.gitlab_url = s["gitlab.url"]
@@ -214,8 +242,13 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     sp.runner_token = s["runners.token"]
     sp.runner_network = s["runners.network"]
     sp.image_prefix = s["runners.image_prefix"]
+    sp.clone_method = s["gitlab.clone_method"]
+    sp.ssh_known_hosts = s["gitlab.ssh_known_hosts"]
     sp.build_timeout = s["runners.build_timeout"]
-    sp.start_timeout = s["runners.start_timeout"]
+    sp.queue_timeout = s["runners.queue_timeout"]
+    sp.container_start_timeout = s["runners.container_start_timeout"]
+    if s["runners.start_timeout"]:
+        sp.start_timeout = s["runners.start_timeout"]
     if s["runners.mem_limit"]:
         sp.mem_limit = s["runners.mem_limit"]
     if s["runners.cpu_limit"]:

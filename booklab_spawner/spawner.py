@@ -1,31 +1,42 @@
 """BooklabSpawner: JupyterHub's side of a launch.
 
 ``start()`` checks the launch against GitLab with the user's own token
-(resolving the ref to a commit sha is the permission check), writes a job to
-Redis and waits for a runner to report where the notebook listens. The
-runner does the rest (see :mod:`booklab_spawner.runner`).
+(resolving the ref to a commit sha is the permission check, on every launch),
+prepares a clone credential (a fresh read-only deploy key, or the user's token),
+writes a job to Redis and follows its log until a runner reports where the
+notebook listens. Each phase — queue, build, container start — has its own
+timeout whose message says which one ran out and why. ``stop()`` asks the
+runner to stop and waits for its confirmation, then deletes the deploy key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import time
 from typing import Any
 
 from jupyterhub.spawner import Spawner
-from traitlets import Float, Integer, Unicode, default, validate
+from tornado import web
+from traitlets import Enum, Float, Integer, Unicode, default, validate
 
 from . import conf as confmod
+from . import deploykeys
 from . import validate as check
 from .crypto import SecretBox, check_runner_token
-from .exceptions import BooklabError, GitLabError, InvalidInput, InvalidTransition
+from .exceptions import GitLabError, InvalidInput, InvalidTransition
 from .gitlab import GitLabClient
 from .jobs import (
     ACTIVE,
+    BUILDING,
+    CLAIMED,
     FAILED,
+    FETCHING,
     PROGRESS,
     QUEUED,
     RUNNING,
+    STARTING,
     STOPPED,
     STOPPING,
     TERMINAL,
@@ -34,18 +45,29 @@ from .jobs import (
 )
 from .keys import DEFAULT_PREFIX, Keys
 from .redis_client import get_redis
-from .runners import is_alive
+from .runners import alive_runners, is_alive
 
 # environment variables that carry secrets: they travel encrypted in token:<job>
 _SECRET_ENV_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# which timeout watches a job in each state
+_PHASE_OF = {QUEUED: "queue", CLAIMED: "build", FETCHING: "build", BUILDING: "build",
+             STARTING: "start"}
+BUILD_GRACE = 120  # s the hub waits beyond build_timeout (the runner enforces it first)
 
 
-class SpawnFailed(BooklabError):
-    """A launch failed for a reason the user can read on the spawn page."""
+class SpawnFailed(web.HTTPError):
+    """A launch failed for a reason the user can read on the spawn page.
 
-    def __init__(self, message: str):
-        super().__init__(message)
+    An HTTPError so that the REST API answers with ``status`` (400 for refused
+    input) and JupyterHub shows ``jupyterhub_message`` on the spawn page.
+    """
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(status, message.replace("%", "%%"))
         self.jupyterhub_message = message
+
+    def __str__(self) -> str:
+        return self.jupyterhub_message
 
 
 class BooklabSpawner(Spawner):
@@ -92,6 +114,20 @@ class BooklabSpawner(Spawner):
     def _default_gitlab_url(self) -> str:
         return os.environ.get("GITLAB_URL", "")
 
+    clone_method = Enum(
+        ["auto", "deploy_key", "token"], "auto", config=True,
+        help="""How a runner gets the repository. 'deploy_key': a fresh read-only deploy
+        key per launch, cloned over SSH (the user needs Maintainer on the project);
+        'token': HTTPS with the user's own short-lived OAuth token; 'auto': a deploy
+        key for Maintainers, the token for everyone else.""",
+    )
+
+    ssh_known_hosts = Unicode(
+        config=True,
+        help="""known_hosts lines for GitLab's SSH host keys, published to runners for
+        deploy-key clones (e.g. the output of `ssh-keyscan gitlab.example.org`).""",
+    )
+
     runner_network = Unicode(
         "bridge", config=True,
         help="""How runners connect notebook containers: 'bridge' publishes the notebook's
@@ -104,9 +140,27 @@ class BooklabSpawner(Spawner):
         help="Prefix of the image names runners build, e.g. 'booklab/'.",
     )
 
-    build_timeout = Integer(
-        3600, config=True, help="Seconds a runner lets one repo2docker build take.",
+    queue_timeout = Integer(
+        600, config=True,
+        help="""Seconds a launch may wait for a runner to take it (e.g. 600). When it
+        runs out the launch fails saying whether no runner is alive or all are busy.""",
     )
+
+    build_timeout = Integer(
+        3600, config=True,
+        help="Seconds a runner lets fetching and one repo2docker build take (e.g. 3600).",
+    )
+
+    container_start_timeout = Integer(
+        300, config=True,
+        help="""Seconds from starting the notebook container until it listens (e.g. 300).""",
+    )
+
+    @validate("queue_timeout", "build_timeout", "container_start_timeout")
+    def _check_timeout(self, proposal: dict) -> int:
+        if proposal.value <= 0:
+            raise ValueError(f"{proposal.trait.name} must be greater than 0")
+        return proposal.value
 
     stop_timeout = Float(
         60, config=True,
@@ -117,8 +171,9 @@ class BooklabSpawner(Spawner):
 
     @default("start_timeout")
     def _default_start_timeout(self) -> int:
-        # covers the queue, a repo2docker build and the container start
-        return 3600
+        # JupyterHub's own limit must outlast ours, whose messages say which phase hung
+        return (self.queue_timeout + self.build_timeout + BUILD_GRACE
+                + self.container_start_timeout + 60)
 
     @default("http_timeout")
     def _default_http_timeout(self) -> int:
@@ -138,9 +193,12 @@ class BooklabSpawner(Spawner):
         return JobStore(get_redis(self.redis_url), self.keys)
 
     def runner_conf(self) -> confmod.RunnerConf:
+        extra: dict[str, Any] = {}
+        if "ssh_known_hosts" in {f.name for f in dataclasses.fields(confmod.RunnerConf)}:
+            extra["ssh_known_hosts"] = self.ssh_known_hosts
         return confmod.RunnerConf(
             gitlab_url=self.gitlab_url, network=self.runner_network,
-            image_prefix=self.image_prefix, build_timeout=self.build_timeout,
+            image_prefix=self.image_prefix, build_timeout=self.build_timeout, **extra,
         ).validate()
 
     # -- state --------------------------------------------------------------------
@@ -168,51 +226,104 @@ class BooklabSpawner(Spawner):
         try:
             return check.project_path(opts.get("project")), check.ref(opts.get("ref") or "HEAD")
         except InvalidInput as e:
-            raise SpawnFailed(str(e)) from None
+            raise SpawnFailed(str(e), 400) from None
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- start ----------------------------------------------------------------------
     async def start(self) -> str:
         project_path, ref = self._launch_options()
-        token = await self._gitlab_token()
+        token, scopes = await self._gitlab_token()
         gitlab = GitLabClient(self.gitlab_url, token)
+        project, sha = await self._resolve(gitlab, project_path, ref)
+        job_id = new_job_id()
+        clone, key_id = await self._clone_credential(gitlab, project, job_id, token, scopes)
+        try:
+            await self._create_job(job_id, project, ref, sha, clone, key_id)
+        except BaseException:
+            if key_id:
+                await deploykeys.remove(gitlab, project["id"], key_id)
+            raise
+        return await self._wait_until_running(job_id)
+
+    async def _gitlab_token(self) -> tuple[str, list[str]]:
+        """The user's GitLab token (refreshed if it expires soon) and its scopes."""
+        fresh = getattr(self.authenticator, "fresh_token", None)
+        token = await fresh(self.user) if fresh else None
+        auth_state = await self.user.get_auth_state() or {}
+        token = token or auth_state.get("access_token")
+        if not token:
+            raise SpawnFailed("Booklab has no valid GitLab token for you: log out and "
+                              "log in again", 403)
+        scopes = auth_state.get("scope") or []
+        return token, scopes if isinstance(scopes, list) else str(scopes).split()
+
+    async def _resolve(self, gitlab: GitLabClient, project_path: str,
+                       ref: str) -> tuple[dict, str]:
+        """The permission check: the project and the ref's commit, read as the user."""
         try:
             project = await gitlab.project(project_path)
             commit = await gitlab.commit(project["id"], ref)
         except GitLabError as e:
-            raise SpawnFailed(str(e)) from None
+            status = {401: 403, 403: 403, 404: 400, 0: 502}.get(e.status, 502)
+            raise SpawnFailed(str(e), status) from None
         sha = check.commit_sha(commit["id"])
-        self.log.info("Launching %s@%s (%s) for %s", project_path, ref, sha[:12], self.user.name)
-        job_id = await self._create_job(project, ref, sha, token)
-        return await self._wait_until_running(job_id)
+        self.log.info("Launching %s@%s (%s) for %s", project_path, ref, sha[:12], self._log_name)
+        return project, sha
 
-    async def _gitlab_token(self) -> str:
-        auth_state = await self.user.get_auth_state() or {}
-        token = auth_state.get("access_token")
-        if not token:
-            raise SpawnFailed("Booklab has no GitLab token for you: log out and log in again")
-        return token
+    async def _clone_credential(self, gitlab: GitLabClient, project: dict, job_id: str,
+                                token: str, scopes: list[str]) -> tuple[dict, int | None]:
+        """A read-only deploy key when allowed and possible, else the user's token."""
+        if not self._use_deploy_key(project, scopes):
+            return {"method": "token", "username": "oauth2", "password": token}, None
+        await deploykeys.remove_stale(gitlab, project["id"], self.store)
+        private, public = await asyncio.to_thread(deploykeys.generate_keypair)
+        title = deploykeys.title(self.user.name, self.name, job_id)
+        try:
+            key_id = await deploykeys.add(gitlab, project["id"], title, public)
+        except GitLabError as e:
+            self.log.warning("Deploy key for %s refused: %s", project["path_with_namespace"], e)
+            if self.clone_method == "auto":
+                return {"method": "token", "username": "oauth2", "password": token}, None
+            raise SpawnFailed(f"GitLab refused to add a read-only deploy key to "
+                              f"{project['path_with_namespace']} ({e})", 403) from None
+        self.log.info("Added deploy key %s (%s)", key_id, title)
+        return {"method": "ssh", "private_key": private}, key_id
 
-    async def _create_job(self, project: dict, ref: str, sha: str, token: str) -> str:
+    def _use_deploy_key(self, project: dict, scopes: list[str]) -> bool:
+        if self.clone_method == "token":
+            return False
+        maintainer = deploykeys.access_level(project) >= deploykeys.MAINTAINER
+        possible = maintainer and "api" in scopes and bool(project.get("ssh_url_to_repo"))
+        if possible or self.clone_method == "auto":
+            return possible
+        path = project["path_with_namespace"]
+        if not maintainer:
+            raise SpawnFailed(
+                f"This hub clones with read-only deploy keys, which need the Maintainer role "
+                f"on {path}: ask a maintainer of {path} to launch it for you, or the hub's "
+                "operator to allow token cloning (gitlab.clone_method: auto)", 403)
+        raise SpawnFailed("Your GitLab login lacks the 'api' scope needed for deploy keys: "
+                          "log out and log in again", 403)
+
+    async def _create_job(self, job_id: str, project: dict, ref: str, sha: str,
+                          clone: dict, key_id: int | None) -> None:
         check_runner_token(self.runner_token)
         await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf())
-        job_id = new_job_id()
         env, secret_env = self._split_env(self.get_env())
-        blob = SecretBox(self.runner_token).encrypt({
-            "env": secret_env,
-            "clone": {"method": "token", "username": "oauth2", "password": token},
-        })
+        blob = SecretBox(self.runner_token).encrypt({"env": secret_env, "clone": clone})
         fields = {
             "user": self.user.name, "server_name": self.name,
             "project": project["path_with_namespace"], "project_id": str(project["id"]),
             "ref": ref, "sha": sha, "clone_url": project["http_url_to_repo"],
+            "ssh_url": project.get("ssh_url_to_repo") or "", "clone_method": clone["method"],
+            "deploy_key_id": str(key_id or ""),
             "cmd": self.cmd, "args": self.get_args(), "env": env,
             "mem_limit": str(self.mem_limit or ""), "cpu_limit": str(self.cpu_limit or ""),
         }
         await self.store.create(job_id, fields, blob)
         self.job_id = job_id
         self._job_created().set()
-        self.log.info("Queued job %s for %s", job_id, self._log_name)
-        return job_id
+        self.log.info("Queued job %s for %s (clone: %s)", job_id, self._log_name,
+                      clone["method"])
 
     def _split_env(self, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         public, secret = {}, {}
@@ -221,18 +332,70 @@ class BooklabSpawner(Spawner):
             target[name] = value
         return public, secret
 
+    # -- waiting, with one timeout per phase ------------------------------------------
     async def _wait_until_running(self, job_id: str) -> str:
-        async for entry in self.store.follow_log(job_id, until=(RUNNING, *TERMINAL)):
-            if entry is None or entry.kind != "state":
-                continue
-            if entry.state == RUNNING:
-                job = await self.store.get(job_id)
-                return job["url"]
-            if entry.state in TERMINAL:
-                job = await self.store.get(job_id)
-                raise SpawnFailed(job.get("error") or entry.message or "The launch was stopped")
+        phase, since = "queue", time.monotonic()
+        async for entry in self.store.follow_log(job_id, block_ms=1000,
+                                                 until=(RUNNING, *TERMINAL)):
+            if entry is None:
+                await self._check_runner_alive(job_id)
+            elif entry.kind == "state":
+                if entry.state == RUNNING:
+                    return (await self.store.get(job_id))["url"]
+                if entry.state in TERMINAL:
+                    job = await self.store.get(job_id)
+                    raise SpawnFailed(job.get("error") or entry.message or "The launch was "
+                                      "stopped")
+                if _PHASE_OF.get(entry.state, phase) != phase:
+                    phase, since = _PHASE_OF[entry.state], time.monotonic()
+            if time.monotonic() - since > self._phase_limit(phase):
+                await self._time_out(job_id, phase)
         raise SpawnFailed("The job log ended unexpectedly")  # pragma: no cover
 
+    def _phase_limit(self, phase: str) -> float:
+        return {"queue": self.queue_timeout, "build": self.build_timeout + BUILD_GRACE,
+                "start": self.container_start_timeout}[phase]
+
+    async def _check_runner_alive(self, job_id: str) -> None:
+        job = await self.store.get(job_id)
+        runner = job.get("runner", "")
+        if job["state"] in ACTIVE and not await is_alive(self.store.redis, self.keys, runner):
+            msg = (f"Runner {runner} stopped answering (no heartbeat) during the launch: "
+                   "try again; another runner will take it")
+            await self._abort(job_id, msg)
+            raise SpawnFailed(msg, 503)
+
+    async def _time_out(self, job_id: str, phase: str) -> None:
+        if phase == "queue":
+            alive = await alive_runners(self.store.redis, self.keys)
+            why = ("no runner is alive: ask the hub's operator to start booklab-runner"
+                   if not alive else f"all {len(alive)} runners are busy: try again later")
+            msg = f"No runner took the job within {self.queue_timeout} s — {why}"
+        elif phase == "build":
+            msg = (f"Fetching and building the image took longer than the build timeout "
+                   f"({self.build_timeout} s): ask the hub's operator to raise "
+                   "runners.build_timeout, or make the environment smaller")
+        else:
+            msg = (f"The notebook server did not start within the container start timeout "
+                   f"({self.container_start_timeout} s): check the build log for errors of "
+                   "jupyterhub-singleuser")
+        self.log.warning("Job %s of %s: %s", job_id, self._log_name, msg)
+        await self._abort(job_id, msg)
+        raise SpawnFailed(msg, 504)
+
+    async def _abort(self, job_id: str, reason: str) -> None:
+        """Fail a job that has not reached `running`: off the queue, runner told to stop."""
+        store = self.store
+        await store.redis.lrem(self.keys.queue, 0, job_id)
+        try:
+            await store.transition(job_id, FAILED, reason, error=reason)
+        except InvalidTransition:
+            return
+        runner = (await store.get(job_id)).get("runner")
+        if runner:
+            await store.send_command(runner, {"op": "stop", "job": job_id})
+
+    # -- poll and stop -------------------------------------------------------------
     async def poll(self) -> int | None:
         if not self.job_id:
             return 0
@@ -258,12 +421,15 @@ class BooklabSpawner(Spawner):
     async def stop(self, now: bool = False) -> None:
         if not self.job_id:
             return
+        job = await self.store.redis.hgetall(self.keys.job(self.job_id))
+        if job.get("state") not in (None, *TERMINAL):
+            await self._stop_job(self.job_id, job)
+        if job.get("deploy_key_id"):
+            await self._remove_deploy_key(job)
+
+    async def _stop_job(self, job_id: str, job: dict[str, str]) -> None:
         store = self.store
-        job_id = self.job_id
-        state = await store.state(job_id)
-        if state == QUEUED and await store.cancel_queued(job_id):
-            return
-        if state is None or state in TERMINAL:
+        if job["state"] == QUEUED and await store.cancel_queued(job_id):
             return
         try:
             await store.transition(job_id, STOPPING, "Stopping", allowed_from=ACTIVE)
@@ -289,6 +455,19 @@ class BooklabSpawner(Spawner):
                     await self._fail(f"Runner {job.get('runner')} is gone; container state unknown")
                     return
 
+    async def _remove_deploy_key(self, job: dict[str, str]) -> None:
+        """Delete the job's deploy key with the user's (refreshed) token."""
+        try:
+            token, _ = await self._gitlab_token()
+        except SpawnFailed:
+            self.log.warning("No GitLab token for %s: deploy key %s of job %s stays until "
+                             "the next cleanup", self._log_name, job["deploy_key_id"], job["id"])
+            return
+        gitlab = GitLabClient(self.gitlab_url, token)
+        if await deploykeys.remove(gitlab, job["project_id"], job["deploy_key_id"]):
+            self.log.info("Removed deploy key %s of job %s", job["deploy_key_id"], job["id"])
+
+    # -- progress ----------------------------------------------------------------------
     async def progress(self):
         await self._job_created().wait()  # start() is still checking with GitLab
         state = QUEUED

@@ -1,1 +1,176 @@
-"""Fixtures for the hub tests (see the module's own tests)."""
+"""Fixtures for the hub tests: a real hub per test (with its own config and Redis key
+prefix), runners named ``hb-*`` building images under ``booklab-hb/``, and helpers
+that look at Redis and GitLab the way an operator would."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import pytest
+import redis as syncredis
+import requests
+
+from booklab_spawner.crypto import SecretBox
+from tests.conftest_stack import Hub, RunnerProcess, _dump_on_failure
+
+HB_IMAGE_PREFIX = "booklab-hb/"
+HB_RUNNER_PREFIX = "hb-"
+MAINTAINER, DEVELOPER = 40, 30
+
+
+@pytest.fixture
+def hb_gitlab(demo_gitlab):
+    """demo_gitlab plus maria, Maintainer of demo/hello (alice is Developer, bob nothing)."""
+    demo_gitlab.add_user("maria", password="maria-pw", name="Maria")
+    demo_gitlab.add_member("demo/hello", "maria", MAINTAINER)
+    return demo_gitlab
+
+
+@pytest.fixture
+def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
+    """``make_hub(overrides)`` starts a hub on a fresh key prefix; all stop at teardown."""
+    hubs: list[Hub] = []
+
+    def make(overrides: dict | None = None, start: bool = True) -> Hub:
+        prefix = f"hb{secrets.token_hex(3)}:"
+        base = {"redis": {"key_prefix": prefix},
+                "runners": {"image_prefix": HB_IMAGE_PREFIX, "queue_timeout": 120}}
+        for section, values in (overrides or {}).items():
+            base.setdefault(section, {}).update(values)
+        workdir = tmp_path / f"hub{len(hubs)}"
+        workdir.mkdir()
+        hub = Hub(workdir, hb_gitlab, redis_server.url, runner_token, overrides=base)
+        hubs.append(hub)
+        return hub.start() if start else hub
+
+    yield make
+    for hub in hubs:
+        hub.stop()
+        _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture
+def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
+    """``hb_runner(hub)`` starts a booklab-runner on the hub's key prefix."""
+    procs: list[RunnerProcess] = []
+
+    def start(hub: Hub) -> RunnerProcess:
+        workdir = tmp_path / f"runner{len(procs)}"
+        workdir.mkdir()
+        proc = RunnerProcess(f"{HB_RUNNER_PREFIX}{secrets.token_hex(3)}", redis_server.url,
+                             runner_token, workdir, key_prefix=hub.key_prefix)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+        _dump_on_failure(request, proc)
+        for c in docker_client.containers.list(
+                all=True, filters={"label": f"org.booklab.runner={proc.runner_id}"}):
+            c.remove(force=True)
+    for image in docker_client.images.list():
+        if any(t.startswith(HB_IMAGE_PREFIX) for t in image.tags):
+            docker_client.images.remove(image.id, force=True)
+
+
+# -- helpers -----------------------------------------------------------------------
+def rdb(redis_server) -> syncredis.Redis:
+    return syncredis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+def jobs_of(redis_server, hub: Hub, user: str, server: str | None = None) -> list[dict]:
+    r = rdb(redis_server)
+    jobs = [r.hgetall(k) for k in r.scan_iter(f"{hub.key_prefix}job:*")]
+    return sorted((j for j in jobs if j.get("user") == user
+                   and (server is None or j.get("server_name") == server)),
+                  key=lambda j: float(j["created"]))
+
+
+def queue(redis_server, hub: Hub) -> list[str]:
+    return rdb(redis_server).lrange(f"{hub.key_prefix}queue", 0, -1)
+
+
+def job_secrets(redis_server, hub: Hub, job_id: str, runner_token: str) -> dict:
+    blob = rdb(redis_server).get(f"{hub.key_prefix}token:{job_id}")
+    assert blob, f"no secrets for job {job_id}"
+    return SecretBox(runner_token).decrypt(blob)
+
+
+def start_server(hub: Hub, user: str, server: str, token: str, project: str = "demo/hello",
+                 ref: str = "main") -> requests.Response:
+    return hub.api("POST", f"/users/{user}/servers/{server}", token=token,
+                   json={"user_options": {"project": project, "ref": ref}})
+
+
+def wait_until(predicate, timeout: float = 120, what: str = "condition", interval=0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached after {timeout} s")
+
+
+def server_model(hub: Hub, user: str, server: str) -> dict | None:
+    return hub.api("GET", f"/users/{user}").json().get("servers", {}).get(server)
+
+
+def wait_ready(hub: Hub, user: str, server: str, timeout: float = 600) -> dict:
+    def ready():
+        srv = server_model(hub, user, server)
+        if srv is None:
+            raise AssertionError(f"server {user}/{server} went away while starting")
+        return srv if srv.get("ready") else None
+    return wait_until(ready, timeout, f"{user}/{server} ready", interval=0.5)
+
+
+def wait_gone(hub: Hub, user: str, server: str, timeout: float = 180) -> None:
+    wait_until(lambda: server_model(hub, user, server) is None, timeout,
+               f"{user}/{server} stopped")
+
+
+def spawn_error(hub: Hub, user: str, server: str, response: requests.Response,
+                timeout: float = 180) -> str:
+    """The message a user sees for a failed launch: from the API answer if the launch
+    failed at once, else from the progress stream's 'failed' event."""
+    if response.status_code >= 400:
+        return response.json()["message"]
+    for event in progress_events(hub, user, server, timeout=timeout):
+        if event.get("failed"):
+            return event["message"]
+    raise AssertionError("the launch did not fail")
+
+
+def progress_events(hub: Hub, user: str, server: str, token: str | None = None,
+                    timeout: float = 600) -> list[dict]:
+    """All events of the hub's progress stream (/hub/api/users/:u/servers/:s/progress)."""
+    kw = {"token": token} if token else {}
+    url_path = f"/users/{user}/servers/{server}/progress"
+    headers = {"Accept": "text/event-stream"}
+    with requests.get(f"{hub.url}/hub/api{url_path}", stream=True, timeout=timeout,
+                      headers={**headers, "Authorization":
+                               f"token {kw.get('token') or _service_token()}"}) as resp:
+        assert resp.status_code == 200, resp.text[:300]
+        events = []
+        for line in resp.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+        return events
+
+
+def _service_token() -> str:
+    from tests.conftest_stack import SERVICE_TOKEN
+    return SERVICE_TOKEN
+
+
+def gitlab_token_of(gitlab, username: str) -> str:
+    """The newest live OAuth access token GitLab issued to ``username``."""
+    user = gitlab.store.user_by_name(username)
+    live = [t for t in gitlab.store.tokens.values()
+            if t.user_id == user.id and not t.revoked and not t.expired()]
+    assert live, f"no live token for {username}"
+    return max(live, key=lambda t: t.created_at).access_token

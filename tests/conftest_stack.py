@@ -73,7 +73,8 @@ class Process:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
@@ -88,9 +89,20 @@ class Process:
         return self.proc.returncode
 
 
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 class Hub:
-    def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str):
+    def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str,
+                 overrides: dict | None = None):
         self.workdir = workdir
+        self.starts = 0
         self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id, self.client_secret = "booklab-test", secrets.token_hex(16)
@@ -106,6 +118,8 @@ class Hub:
             "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
                         "start_timeout": 600},
         }
+        _merge(self.config, overrides or {})
+        self.key_prefix = self.config["redis"]["key_prefix"]
         self.env = {
             **os.environ,
             "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -123,13 +137,16 @@ load_subconfig({str(REPO / "jupyterhub_config.py")!r})
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
 c.JupyterHub.services = [{{"name": "booklab-test", "api_token": {SERVICE_TOKEN!r}}}]
 c.JupyterHub.load_roles = [{{"name": "booklab-test", "services": ["booklab-test"],
-    "scopes": ["admin:users", "admin:servers", "tokens", "read:users"]}}]
+    "scopes": ["admin:users", "admin:servers", "tokens", "read:users",
+               "admin:auth_state", "admin:server_state"]}}]
 c.JupyterHub.log_level = "DEBUG"
 """)
 
     def start(self) -> Hub:
         self.write_config()
-        self.process = Process("hub", [str(BIN / "jupyterhub"), "-f", "test_config.py"],
+        name = "hub" if not self.starts else f"hub-restart{self.starts}"
+        self.starts += 1
+        self.process = Process(name, [str(BIN / "jupyterhub"), "-f", "test_config.py"],
                                self.env, self.workdir)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -146,6 +163,12 @@ c.JupyterHub.log_level = "DEBUG"
     def stop(self) -> None:
         if self.process:
             self.process.stop()
+
+    def restart(self) -> Hub:
+        """Stop the hub process (servers keep running) and start a new one on the same
+        ports, database, cookie secret and crypt key."""
+        self.stop()
+        return self.start()
 
     def api(self, method: str, path: str, token: str = SERVICE_TOKEN, **kw) -> requests.Response:
         return requests.request(method, f"{self.url}/hub/api{path}",
@@ -173,12 +196,12 @@ c.JupyterHub.log_level = "DEBUG"
 
 class RunnerProcess(Process):
     def __init__(self, runner_id: str, redis_url: str, token: str, workdir: Path,
-                 slots: int = 1):
+                 slots: int = 1, key_prefix: str = KEY_PREFIX):
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
                "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
         cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
                "--advertise-host=127.0.0.1", f"--work-dir={workdir}", f"--slots={slots}",
-               f"--key-prefix={KEY_PREFIX}", "--log-level=DEBUG"]
+               f"--key-prefix={key_prefix}", "--log-level=DEBUG"]
         super().__init__(f"runner-{runner_id}", cmd, env, workdir)
         self.runner_id = runner_id
 
