@@ -28,6 +28,7 @@ class RunnerConf:
     build_timeout: int = 3600  # seconds repo2docker may take
     user_id: int = 1000
     user_name: str = "jovyan"
+    ssh_known_hosts: str = ""  # known_hosts lines of GitLab's SSH host(s), for deploy keys
 
     def validate(self) -> RunnerConf:
         if self.network not in ("bridge", "host"):

@@ -82,6 +82,46 @@ return {1, cur}
 """
 
 
+# Hand a job of a dead (or restarted) runner back, or fail it, atomically.
+# KEYS: heartbeat of that runner, its claimed list, job, status, log, queue.
+# ARGV: job id, now, message, maxlen, runner id, mode ("requeue" | "fail"),
+# "1" to require that the heartbeat is gone.
+_REAP_LUA = """
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 'alive' end
+local state = redis.call('HGET', KEYS[3], 'state')
+local function drop() redis.call('LREM', KEYS[2], 0, ARGV[1]) end
+local function entry(s)
+  redis.call('HSET', KEYS[4], ARGV[1], s)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
+    'kind', 'state', 'state', s, 'message', ARGV[3], 'ts', ARGV[2])
+end
+if not state or state == 'stopped' or state == 'failed' then drop() return 'gone' end
+if state == 'queued' then
+  drop()
+  if not redis.call('LPOS', KEYS[6], ARGV[1]) then redis.call('RPUSH', KEYS[6], ARGV[1]) end
+  return 'requeued'
+end
+if redis.call('HGET', KEYS[3], 'runner') ~= ARGV[5] then drop() return 'moved' end
+local early = state == 'claimed' or state == 'fetching' or state == 'building'
+  or state == 'starting'
+if ARGV[6] == 'requeue' and early then
+  drop()
+  redis.call('HSET', KEYS[3], 'state', 'queued', 'runner', '', 'updated', ARGV[2])
+  entry('queued')
+  redis.call('RPUSH', KEYS[6], ARGV[1])
+  return 'requeued'
+end
+if ARGV[6] == 'fail' then
+  drop()
+  redis.call('HSET', KEYS[3], 'state', 'failed', 'updated', ARGV[2], 'error', ARGV[3],
+    'exit_code', '1')
+  entry('failed')
+  return 'failed'
+end
+return state
+"""
+
+
 def new_job_id() -> str:
     """A random, URL- and key-safe job id."""
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + secrets.token_hex(6)
@@ -120,11 +160,14 @@ class JobStore:
         self.redis = redis
         self.keys = keys
         self._transition = redis.register_script(_TRANSITION_LUA)
+        self._reap = redis.register_script(_REAP_LUA)
 
     # -- records ------------------------------------------------------------
     async def create(self, job_id: str, fields: dict[str, Any], secret_blob: str) -> None:
         """Write a new job record in state ``queued`` plus its encrypted secrets, and queue it."""
         now = str(time.time())
+        position = await self.redis.llen(self.keys.queue) + 1
+        message = f"Queued, waiting for a runner (position {position} in the queue)"
         record = {k: _encode(v) for k, v in fields.items()}
         record.update(id=job_id, state=QUEUED, created=now, updated=now)
         k = self.keys
@@ -132,7 +175,7 @@ class JobStore:
             pipe.hset(k.job(job_id), mapping=record)
             pipe.set(k.token(job_id), secret_blob, ex=JOB_TTL)
             pipe.hset(k.status, job_id, QUEUED)
-            pipe.xadd(k.log(job_id), _state_entry(QUEUED, "Queued, waiting for a runner", now),
+            pipe.xadd(k.log(job_id), _state_entry(QUEUED, message, now),
                       maxlen=LOG_MAXLEN, approximate=True)
             pipe.lpush(k.queue, job_id)
             await pipe.execute()
@@ -223,6 +266,31 @@ class JobStore:
         except InvalidTransition:
             return False
         return True
+
+    async def announce_positions(self, limit: int = 20) -> None:
+        """Tell the next ``limit`` queued jobs where they stand (a log line each)."""
+        waiting = await self.redis.lrange(self.keys.queue, -limit, -1)
+        for position, job_id in enumerate(reversed(waiting), start=1):
+            await self.log(job_id, f"Position in the queue: {position}", QUEUED)
+
+    async def reap(self, runner_id: str, job_id: str, message: str, mode: str = "requeue",
+                   require_dead: bool = True) -> str:
+        """Take ``job_id`` from ``runner_id``'s claimed list: requeue it (if it had
+        not started running) or fail it (mode "fail"), in one atomic step.
+
+        With ``require_dead`` nothing happens while the runner has a heartbeat.
+        Returns "requeued", "failed", "gone", "moved", "alive" or the job's
+        state when it was left alone (a running job, with mode "requeue").
+        """
+        k = self.keys
+        result = await self._reap(
+            keys=[k.heartbeat(runner_id), k.claimed(runner_id), k.job(job_id), k.status,
+                  k.log(job_id), k.queue],
+            args=[job_id, str(time.time()), message, LOG_MAXLEN, runner_id, mode,
+                  "1" if require_dead else "0"])
+        if result == "failed":
+            await self._expire(job_id)
+        return result
 
     async def send_command(self, runner_id: str, command: dict[str, Any]) -> None:
         await self.redis.rpush(self.keys.commands(runner_id), json.dumps(command))

@@ -70,6 +70,15 @@ class Keys:
         """LIST of commands (JSON) for one runner, e.g. stop a job."""
         return f"{self.prefix}commands:{check_id('runner', runner_id)}"
 
+    def images(self, runner_id: str) -> str:
+        """HASH ``image name -> time it was last launched`` of images a runner holds."""
+        return f"{self.prefix}images:{check_id('runner', runner_id)}"
+
+    # -- builds ---------------------------------------------------------------
+    def build_lock(self, image_hash: str) -> str:
+        """STRING ``<runner> <job>`` with a short TTL: one build per image at a time."""
+        return f"{self.prefix}build_lock:{check_id('image hash', image_hash)}"
+
     # -- jobs -----------------------------------------------------------------
     @property
     def queue(self) -> str:

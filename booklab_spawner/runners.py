@@ -21,7 +21,8 @@ HEARTBEAT_INTERVAL = 10  # seconds between refreshes, well inside the TTL
 async def register(redis: aioredis.Redis, keys: Keys, runner_id: str,
                    info: dict[str, Any]) -> None:
     record = {k: str(v) for k, v in info.items()}
-    record.update(id=runner_id, started=str(time.time()))
+    now = str(time.time())
+    record.update(id=runner_id, started=now, beat=now)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.sadd(keys.runners, runner_id)
         pipe.delete(keys.runner(runner_id))
@@ -32,11 +33,13 @@ async def register(redis: aioredis.Redis, keys: Keys, runner_id: str,
 
 async def beat(redis: aioredis.Redis, keys: Keys, runner_id: str,
                info: dict[str, Any] | None = None) -> None:
+    now = str(time.time())
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.heartbeat(runner_id), str(time.time()), ex=HEARTBEAT_TTL)
+        pipe.set(keys.heartbeat(runner_id), now, ex=HEARTBEAT_TTL)
         pipe.sadd(keys.runners, runner_id)
-        if info:
-            pipe.hset(keys.runner(runner_id), mapping={k: str(v) for k, v in info.items()})
+        record = {k: str(v) for k, v in (info or {}).items()}
+        record["beat"] = now  # when the heartbeat was last refreshed (for reapers)
+        pipe.hset(keys.runner(runner_id), mapping=record)
         await pipe.execute()
 
 
@@ -44,6 +47,28 @@ async def deregister(redis: aioredis.Redis, keys: Keys, runner_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.srem(keys.runners, runner_id)
         pipe.delete(keys.heartbeat(runner_id), keys.runner(runner_id))
+        await pipe.execute()
+
+
+async def dead_runners(redis: aioredis.Redis, keys: Keys) -> dict[str, float]:
+    """Registered runners without a heartbeat -> time of their last beat (0 if unknown)."""
+    ids = sorted(await redis.smembers(keys.runners))
+    if not ids:
+        return {}
+    flags = await redis.mget([keys.heartbeat(i) for i in ids])
+    dead: dict[str, float] = {}
+    for runner_id, flag in zip(ids, flags, strict=True):
+        if flag is None:
+            last = await redis.hget(keys.runner(runner_id), "beat")
+            dead[runner_id] = float(last or 0)
+    return dead
+
+
+async def forget(redis: aioredis.Redis, keys: Keys, runner_id: str) -> None:
+    """Remove every trace of a dead runner whose jobs were all reaped."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.srem(keys.runners, runner_id)
+        pipe.delete(keys.runner(runner_id), keys.claimed(runner_id), keys.commands(runner_id))
         await pipe.execute()
 
 

@@ -1,1 +1,252 @@
-"""Fixtures for the runner tests (see the module's own tests)."""
+"""Fixtures for the runner tests: real ``booklab-runner`` processes, the GitLab
+double with git over SSH, and a stand-in for the hub's side of a launch.
+
+Everything these tests leave on Docker is named for them: runner ids start
+with ``rt-``, images with ``booklab-rt/``; both are removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from booklab_spawner import conf as confmod
+from booklab_spawner.crypto import SecretBox
+from booklab_spawner.jobs import JobStore, new_job_id
+from tests.gitlab_double import GitLabDouble
+from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
+
+BIN = Path(sys.executable).parent
+RT_IMAGE_PREFIX = "booklab-rt/"
+RT_RUNNER_PREFIX = "rt-"
+RT_DOCKERFILE = f"""\
+FROM {NOTEBOOK_IMAGE}
+COPY --chown=1000:1000 . /home/jovyan/
+WORKDIR /home/jovyan
+"""
+# a notebook-ish server the tests can reach without a hub: Jupyter Server,
+# authenticated with JUPYTER_TOKEN (a secret: it travels encrypted)
+SERVER_CMD = ["jupyter", "server", "--ServerApp.root_dir=/home/jovyan"]
+
+
+def notebook(text: str) -> str:
+    return json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": [text]}],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+@pytest.fixture(scope="session")
+def rt_docker():
+    """The real Docker engine; removes the runner tests' containers and images after."""
+    client = require_docker()
+    require_image(client)
+    yield client
+    _cleanup_docker(client)
+
+
+def _cleanup_docker(client) -> None:
+    for c in client.containers.list(all=True, filters={"label": "org.booklab.runner"}):
+        if c.labels.get("org.booklab.runner", "").startswith(RT_RUNNER_PREFIX):
+            c.remove(force=True)
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(RT_IMAGE_PREFIX):
+                client.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def gitlab_ssh():
+    """A GitLab double serving git over HTTP and over a real sshd.
+
+    ``gl.known_hosts`` is the sshd's known_hosts line. The data directory is
+    outside pytest's 0700 tmp tree, because sshd runs git as the ``git`` user.
+    """
+    data = tempfile.mkdtemp(prefix="booklab-rt-gitlab-")
+    os.chmod(data, 0o755)
+    gl = GitLabDouble(data)
+    gl.start()
+    try:
+        gl.known_hosts = gl.start_ssh()
+        yield gl
+    finally:
+        gl.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+class RunnerProcess:
+    """One real ``booklab-runner`` process, its output in tests/artifacts."""
+
+    def __init__(self, runner_id: str, redis_url: str, token: str, prefix: str,
+                 work_dir: Path, *extra: str):
+        self.runner_id = runner_id
+        self.log_path = artifacts_dir() / f"runner-{runner_id}.log"
+        self._log = open(self.log_path, "wb")
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
+        cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
+               "--advertise-host=127.0.0.1", f"--work-dir={work_dir}",
+               f"--key-prefix={prefix}", "--log-level=DEBUG", *extra]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the runner dies at once, as in a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class LaunchDouble:
+    """Does what the hub's spawner does for a launch, through the same protocol
+    functions (conf.publish, JobStore.create), so runners see real jobs."""
+
+    def __init__(self, redis, keys, token: str, gitlab: GitLabDouble, **conf):
+        self.store = JobStore(redis, keys)
+        self.redis, self.keys = redis, keys
+        self.box = SecretBox(token)
+        self.gitlab = gitlab
+        self.jupyter_token = secrets.token_hex(16)
+        self.conf = confmod.RunnerConf(gitlab_url=gitlab.url, network="host",
+                                       image_prefix=RT_IMAGE_PREFIX, **conf)
+
+    async def publish(self) -> None:
+        await confmod.publish(self.redis, self.keys, self.conf)
+
+    async def launch(self, project: str, sha: str, clone: dict | None = None,
+                     **fields) -> str:
+        """Queue a job for ``project`` at ``sha``; the clone credential defaults to a
+        token of the project's first member with the ``read_repository`` scope."""
+        await self.publish()
+        info = self.gitlab.store.project_by_path(project)
+        job_id = new_job_id()
+        if clone is None:
+            clone = {"method": "token", "username": "oauth2",
+                     "password": self.gitlab.issue_token(self.user, ["read_repository"])
+                     ["access_token"]}
+        base = self.gitlab.url
+        record = {
+            "user": self.user, "server_name": "", "project": project,
+            "project_id": str(info.id), "ref": "main", "sha": sha,
+            "clone_url": f"{base}/{project}.git", "clone_method": clone["method"],
+            "ssh_url": f"ssh://git@127.0.0.1:{getattr(self.gitlab.store, 'ssh_port', 0)}"
+                       f"/{project}.git",
+            "cmd": SERVER_CMD, "args": [], "env": {"BOOKLAB_TEST": "1"},
+            "mem_limit": "", "cpu_limit": "", **fields,
+        }
+        blob = self.box.encrypt({"env": {"JUPYTER_TOKEN": self.jupyter_token},
+                                 "clone": clone})
+        await self.store.create(job_id, record, blob)
+        return job_id
+
+    user = "alice"
+
+    async def wait_state(self, job_id: str, states: tuple[str, ...] | str,
+                         timeout: float = 300) -> dict[str, str]:
+        """Follow the job's log until one of ``states``; the job record then."""
+        wanted = (states,) if isinstance(states, str) else states
+        deadline = time.monotonic() + timeout
+        async for entry in self.store.follow_log(job_id, block_ms=1000, until=()):
+            if entry is not None and entry.kind == "state" and entry.state in wanted:
+                return await self.store.get(job_id)
+            if time.monotonic() > deadline:
+                job = await self.store.get(job_id)
+                raise AssertionError(f"job {job_id} not in {wanted} after {timeout} s: {job}\n"
+                                     + await self.log_text(job_id))
+        raise AssertionError("log ended")  # pragma: no cover
+
+    async def stop(self, job_id: str) -> dict[str, str]:
+        """Stop as the hub does: ``stopping``, a stop command to its runner, wait."""
+        await self.store.transition(job_id, "stopping", "Stopping",
+                                    allowed_from=("claimed", "fetching", "building",
+                                                  "starting", "running"))
+        job = await self.store.get(job_id)
+        await self.store.send_command(job["runner"], {"op": "stop", "job": job_id})
+        return await self.wait_state(job_id, ("stopped", "failed"), timeout=120)
+
+    async def log_text(self, job_id: str) -> str:
+        entries, after = [], "0-0"
+        while True:
+            batch = await self.store.read_log(job_id, after=after)
+            if not batch:
+                return "\n".join(entries)
+            entries += [f"[{e.kind}:{e.state or e.phase}] {e.message}" for e in batch]
+            after = batch[-1].id
+
+    def contents(self, url: str) -> set[str]:
+        """File names the notebook server shows in its home, as a browser would list them."""
+        r = requests.get(f"{url}/api/contents", timeout=30,
+                         headers={"Authorization": f"token {self.jupyter_token}"})
+        r.raise_for_status()
+        return {item["name"] for item in r.json()["content"]}
+
+
+@pytest.fixture
+def rt_token() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def demo_project(gitlab_ssh):
+    """demo/hello on the SSH-enabled double: a Dockerfile repo with one notebook."""
+    gl = gitlab_ssh
+    gl.add_user("alice", password="alice-pw")
+    gl.add_project("demo/hello", files={"Dockerfile": RT_DOCKERFILE, "README.md": "# Hello\n",
+                                        "hello.ipynb": notebook("# Hello")})
+    gl.add_member("demo/hello", "alice", 40)
+    return gl
+
+
+@pytest.fixture
+def launcher(redis, keys, rt_token, demo_project):
+    return LaunchDouble(redis, keys, rt_token, demo_project)
+
+
+@pytest.fixture
+def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
+    """Start runners with ``rt_runners.start("a", "--slots=2")`` (id becomes ``rt-a``)."""
+    started: list[RunnerProcess] = []
+
+    class Factory:
+        def start(self, name: str, *extra: str) -> RunnerProcess:
+            work = tmp_path / f"work-{name}"
+            work.mkdir(exist_ok=True)
+            proc = RunnerProcess(f"{RT_RUNNER_PREFIX}{name}", redis_server.url, rt_token,
+                                 keys.prefix, work, *extra)
+            started.append(proc)
+            return proc
+
+    yield Factory()
+    for proc in started:
+        proc.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for proc in started:
+            print(f"\n===== {proc.runner_id} log =====\n{proc.output()[-6000:]}")
+    for c in rt_docker.containers.list(all=True, filters={"label": "org.booklab.runner"}):
+        if c.labels.get("org.booklab.runner", "").startswith(RT_RUNNER_PREFIX):
+            c.remove(force=True)

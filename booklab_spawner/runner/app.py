@@ -2,7 +2,9 @@
 
 It needs a Redis URL and the runner token; everything else comes from the
 ``conf`` hash the hub publishes. It claims queued jobs with a blocking BLMOVE
-(no polling), one job per free slot, and answers stop commands.
+(no polling), one job per free slot, answers stop commands, requeues the jobs
+of dead runners and, when it starts, adopts or removes the containers it left.
+See docs/runner.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import signal
 import socket
 
+from jupyterhub.traitlets import ByteSpecification
 from traitlets import Integer, Unicode, default, validate
 from traitlets.config import Application
 
@@ -26,7 +29,9 @@ from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect
 from .heartbeat import heartbeat_loop
+from .images import ImageCache
 from .launch import Launcher
+from .recovery import reap_loop, reconcile
 from .worker import JobWorker
 
 log = logging.getLogger("booklab.runner")
@@ -46,16 +51,19 @@ class Runner:
         self.store = J.JobStore(self.redis, self.keys)
         self.box = SecretBox(app.runner_token)
         self.launcher = Launcher(self.runner_id, app.advertise_host)
+        self.images = ImageCache(self.redis, self.keys, self.runner_id, self.launcher,
+                                 int(app.image_budget or 0))
+        self.known_hosts = _read(app.known_hosts)
         self.advertise_host = app.advertise_host
         self.workers: dict[str, tuple[JobWorker, asyncio.Task]] = {}
-        self.free = asyncio.Semaphore(self.slots)
+        self.slot_free = asyncio.Event()
         self.stopping = asyncio.Event()
 
     def info(self) -> dict[str, str]:
         return {
             "host": self.advertise_host, "slots": str(self.slots),
             "used": str(len(self.workers)), "version": __version__,
-            "jobs": json.dumps(sorted(self.workers)),
+            "jobs": json.dumps(sorted(self.workers)), "images": json.dumps(self.images.held),
         }
 
     async def conf(self) -> confmod.RunnerConf:
@@ -65,15 +73,18 @@ class Runner:
         return conf
 
     async def run(self) -> None:
-        os.makedirs(self.work_dir, exist_ok=True)
+        os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         await runners.register(self.redis, self.keys, self.runner_id, self.info())
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
+        await reconcile(self)
+        await self._evict()
         tasks = [
             asyncio.create_task(heartbeat_loop(self.redis, self.keys, self.runner_id,
                                                self.info, self.stopping)),
             asyncio.create_task(self.claim_loop()),
             asyncio.create_task(self.command_loop()),
+            asyncio.create_task(reap_loop(self)),
         ]
         await self.stopping.wait()
         await asyncio.gather(*tasks[1:])
@@ -85,19 +96,21 @@ class Runner:
 
     async def claim_loop(self) -> None:
         while not self.stopping.is_set():
-            try:  # wait for a free slot, re-checking for shutdown now and then
-                await asyncio.wait_for(self.free.acquire(), CLAIM_BLOCK)
-            except asyncio.TimeoutError:
+            if len(self.workers) >= self.slots:  # no free slot: claim nothing
+                self.slot_free.clear()
+                try:  # woken by a finishing job; re-check for shutdown now and then
+                    await asyncio.wait_for(self.slot_free.wait(), CLAIM_BLOCK)
+                except asyncio.TimeoutError:
+                    pass
                 continue
             try:
                 job_id = await self.store.claim(self.runner_id, CLAIM_BLOCK)
             except Exception as e:
-                self.free.release()
                 log.warning("claim failed: %s", e)
                 await asyncio.sleep(1)  # Redis unreachable: back off, don't spin
                 continue
-            if job_id is None or not await self._take(job_id):
-                self.free.release()
+            if job_id is not None and await self._take(job_id):
+                await self.store.announce_positions()
 
     async def _take(self, job_id: str) -> bool:
         try:
@@ -111,15 +124,42 @@ class Runner:
             await self.store.requeue(self.runner_id, job_id, "Runner is shutting down; requeued")
             return False
         worker = JobWorker(self, job_id)
-        task = asyncio.create_task(worker.run())
-        self.workers[job_id] = (worker, task)
-        task.add_done_callback(lambda _t, j=job_id: self._done(j))
+        self._track(worker, worker.run())
         log.info("claimed job %s", job_id)
         return True
 
+    def adopt(self, job_id: str, container_id: str, image: str) -> None:
+        """Watch a container left by this runner's previous run (see recovery)."""
+        worker = JobWorker(self, job_id)
+        self._track(worker, worker.adopt(container_id, image))
+
+    def _track(self, worker: JobWorker, body) -> None:
+        task = asyncio.create_task(body)
+        self.workers[worker.job_id] = (worker, task)
+        task.add_done_callback(lambda _t, j=worker.job_id: self._done(j))
+
     def _done(self, job_id: str) -> None:
         self.workers.pop(job_id, None)
-        self.free.release()
+        self.slot_free.set()
+
+    async def image_launched(self, image: str, prefix: str) -> None:
+        """Record a launch, then keep the image cache within its budget."""
+        try:
+            await self.images.touch(image)
+        except Exception as e:
+            log.warning("recording the launch of %s failed: %s", image, e)
+        await self._evict(prefix)
+
+    async def _evict(self, prefix: str | None = None) -> None:
+        try:
+            if prefix is None:
+                conf = await confmod.read(self.redis, self.keys)
+                if conf is None:
+                    return
+                prefix = conf.image_prefix
+            await self.images.evict(prefix)
+        except Exception as e:  # the cache is best effort; launches go on
+            log.warning("image eviction failed: %s", e)
 
     async def command_loop(self) -> None:
         key = self.keys.commands(self.runner_id)
@@ -163,7 +203,7 @@ class Runner:
     async def shutdown(self) -> None:
         """Hand back jobs not yet running; stop the notebooks of running ones."""
         for job_id, (worker, task) in list(self.workers.items()):
-            if worker.state in (J.CLAIMED, J.FETCHING, J.BUILDING):
+            if worker.state in (J.CLAIMED, J.FETCHING, J.BUILDING, J.STARTING):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 try:
@@ -225,6 +265,13 @@ class RunnerApp(Application):
     work_dir = Unicode("/var/lib/booklab-runner", config=True,
                        help="Directory for checkouts and build contexts (emptied after use).")
     key_prefix = Unicode(DEFAULT_PREFIX, config=True, help="Redis key prefix (as the hub's).")
+    known_hosts = Unicode("", config=True, help="known_hosts file with GitLab's SSH host "
+                          "key(s), used when the hub publishes no ssh_known_hosts, e.g. "
+                          "/etc/booklab/known_hosts.")
+    image_budget = ByteSpecification(0, config=True, help="Disk budget for the images this "
+                                     "runner built or launched, in bytes or with a K/M/G/T "
+                                     "suffix, e.g. 50G. Past it, images are removed least "
+                                     "recently launched first. 0: no limit.")
 
     aliases = {
         "redis-url": "RunnerApp.redis_url",
@@ -233,6 +280,8 @@ class RunnerApp(Application):
         "slots": "RunnerApp.slots",
         "work-dir": "RunnerApp.work_dir",
         "key-prefix": "RunnerApp.key_prefix",
+        "known-hosts": "RunnerApp.known_hosts",
+        "image-budget": "RunnerApp.image_budget",
         "log-level": "Application.log_level",
     }
 
@@ -251,6 +300,13 @@ class RunnerApp(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stopping.set)
         await runner.run()
+
+
+def _read(path: str) -> str:
+    if not path:
+        return ""
+    with open(path) as f:
+        return f.read()
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -26,16 +25,10 @@ c.Repo2Docker.content_providers = [Local]
 """
 
 
-def image_name(prefix: str, project_id: str, project_path: str, sha: str) -> str:
-    """``<prefix><project id>-<slug>:<sha12>``, a valid lower-case Docker name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", project_path.lower()).strip("-")[:60] or "project"
-    return f"{prefix}{project_id}-{slug}:{sha[:12]}"
-
-
 def repo2docker_command(checkout: str, image: str, user_id: int, user_name: str,
                         config_file: str) -> list[str]:
     return [
-        sys.executable, "-m", "repo2docker",
+        sys.executable, "-m", "booklab_spawner.runner.r2d_child",
         "--config", config_file,
         "--no-run", "--json-logs",
         "--user-id", str(user_id), "--user-name", user_name,
@@ -72,16 +65,25 @@ async def build(checkout: str, image: str, user_id: int, user_name: str, timeout
             await asyncio.wait_for(_stream(proc, log_line), timeout)
             code = await proc.wait()
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await _terminate(proc)
             raise BuildFailed(
                 f"The build took longer than {timeout:.0f} s and was stopped") from None
         except asyncio.CancelledError:
-            proc.kill()
-            await proc.wait()
+            await asyncio.shield(_terminate(proc))
             raise
     if code != 0:
         raise BuildFailed(f"repo2docker failed (exit code {code}); see the build log above")
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM: r2d_child then kills repo2docker and its docker build."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 20)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def _stream(proc: asyncio.subprocess.Process, log_line: LogLine) -> None:
@@ -98,4 +100,8 @@ def _build_env(home: str) -> dict[str, str]:
             "LANG", "LC_ALL", "TMPDIR")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["HOME"] = home
+    env["BOOKLAB_RUNNER_PID"] = str(os.getpid())
+    keep_py = os.environ.get("PYTHONPATH")
+    if keep_py:
+        env["PYTHONPATH"] = keep_py
     return env

@@ -1,8 +1,14 @@
-"""Fetch a repository at one commit, without leaving a credential on disk.
+"""Fetch a repository at one commit, without leaving a credential behind.
 
-The token travels in an ``Authorization`` header given to git through
-``GIT_CONFIG_*`` environment variables: it is never in a URL, in ``.git/config``,
-in the process list, or in the log (the job's scrubber knows it).
+Two credentials, as the hub prepared them (docs/protocol.md, "Secrets"):
+
+- ``token``: the token travels in an ``Authorization`` header given to git
+  through ``GIT_CONFIG_*`` environment variables: it is never in a URL, in
+  ``.git/config``, in the process list, or in the log (the scrubber knows it).
+- ``ssh``: a read-only deploy key, written 0600 into the job's private
+  (0700) directory only for the fetch, used through a throwaway
+  ``GIT_SSH_COMMAND`` that ignores every ssh config and agent and checks the
+  server's host key strictly against the known hosts the hub published.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import shlex
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -29,13 +37,62 @@ def check_clone_url(clone_url: str, gitlab_url: str) -> str:
     return clone_url
 
 
-def git_env(home: str, username: str, password: str) -> dict[str, str]:
-    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+# ssh://[user@]host[:port]/path or the scp-like user@host:path GitLab shows
+_SSH_URL = re.compile(r"^(?:ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/"
+                      r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)[A-Za-z0-9._/-]+$")
+
+
+def check_ssh_url(ssh_url: str) -> str:
+    """An SSH clone URL in one of GitLab's two shapes, and nothing an ssh client
+    could read as an option."""
+    if not ssh_url or not _SSH_URL.fullmatch(ssh_url) or "/-" in ssh_url or ".." in ssh_url:
+        raise FetchFailed(f"refusing the SSH clone URL {ssh_url!r}")
+    return ssh_url
+
+
+def _base_env(home: str) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": home,  # no user or system git config leaks in
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
+def ssh_env(home: str, private_key: str, known_hosts: str) -> dict[str, str]:
+    """Write the key (0600) and known hosts into ``home`` (private); git env using them."""
+    if not known_hosts.strip():
+        raise FetchFailed("No known host key for GitLab's SSH server: the hub publishes it as "
+                          "ssh_known_hosts, or start the runner with --known-hosts FILE")
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    key_file, hosts_file = os.path.join(home, "deploy_key"), os.path.join(home, "known_hosts")
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_key.strip() + "\n")
+    with open(hosts_file, "w") as f:
+        f.write(known_hosts.strip() + "\n")
+    ssh = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes",
+           "-o", f"UserKnownHostsFile={hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null",
+           "-o", "IdentitiesOnly=yes", "-o", f"IdentityFile={key_file}",
+           "-o", "IdentityAgent=none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30"]
+    env = _base_env(home)
+    env.update(GIT_ALLOW_PROTOCOL="ssh", GIT_SSH_COMMAND=shlex.join(ssh), GIT_SSH_VARIANT="ssh")
+    return env
+
+
+def forget_key(home: str) -> None:
+    """Delete the deploy key file as soon as the fetch is over."""
+    for name in ("deploy_key", "known_hosts"):
+        try:
+            os.unlink(os.path.join(home, name))
+        except FileNotFoundError:
+            pass
+
+
+def git_env(home: str, username: str, password: str) -> dict[str, str]:
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {
+        **_base_env(home),
         "GIT_ALLOW_PROTOCOL": "http:https",
         "GIT_CONFIG_COUNT": "2",
         "GIT_CONFIG_KEY_0": "http.extraHeader",
@@ -66,22 +123,37 @@ async def run_git(args: list[str], env: dict[str, str], log_line: LogLine,
 
 async def fetch(clone_url: str, ref: str, sha: str, dest: str, username: str, password: str,
                 log_line: LogLine) -> None:
-    """Check out ``sha`` of ``clone_url`` into the empty directory ``dest``."""
+    """Check out ``sha`` of ``clone_url`` (HTTPS, token) into the empty directory ``dest``."""
     home = os.path.join(os.path.dirname(dest), "home")
-    os.makedirs(home, exist_ok=True)
-    env = git_env(home, username, password)
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    await checkout(clone_url, ref, sha, dest, git_env(home, username, password), log_line)
+
+
+async def fetch_ssh(ssh_url: str, ref: str, sha: str, dest: str, private_key: str,
+                    known_hosts: str, log_line: LogLine) -> None:
+    """Check out ``sha`` of ``ssh_url`` with a deploy key, deleting the key afterwards."""
+    home = os.path.join(os.path.dirname(dest), "home")
+    try:
+        env = ssh_env(home, private_key, known_hosts)
+        await checkout(ssh_url, ref, sha, dest, env, log_line)
+    finally:
+        forget_key(home)
+
+
+async def checkout(url: str, ref: str, sha: str, dest: str, env: dict[str, str],
+                   log_line: LogLine) -> None:
+    """A shallow fetch of exactly ``sha`` (falling back to ``ref``), checked out detached."""
     if await run_git(["init", "-q", dest], env, log_line):
         raise FetchFailed("git init failed")
-    # a shallow fetch of exactly the resolved commit; GitLab allows wants by sha
-    code = await run_git(["fetch", "--depth", "1", "--no-tags", "--", clone_url, sha],
+    # GitLab allows wants by sha (uploadpack.allowAnySHA1InWant)
+    code = await run_git(["fetch", "--depth", "1", "--no-tags", "--", url, sha],
                          env, log_line, cwd=dest)
     if code:
         await log_line(f"Fetching the commit directly failed; fetching {ref} instead")
-        code = await run_git(["fetch", "--no-tags", "--", clone_url, ref], env, log_line,
-                             cwd=dest)
+        code = await run_git(["fetch", "--no-tags", "--", url, ref], env, log_line, cwd=dest)
     if code:
-        raise FetchFailed(f"git fetch of {clone_url} failed (exit code {code})")
+        raise FetchFailed(f"git fetch of {url} failed (exit code {code}); see the log above")
     if await run_git(["checkout", "-q", "--detach", sha], env, log_line, cwd=dest):
         raise FetchFailed(f"commit {sha} is not in the fetched history of {ref}")
     # give the notebook a usable remote, without any credential in it
-    await run_git(["remote", "add", "origin", clone_url], env, log_line, cwd=dest)
+    await run_git(["remote", "add", "origin", url], env, log_line, cwd=dest)

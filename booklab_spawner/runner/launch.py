@@ -1,10 +1,20 @@
-"""Start, watch and remove notebook containers (docker-py, off the event loop)."""
+"""Start, watch and remove notebook containers (docker-py, off the event loop).
+
+The repository's current content reaches the container at start: the
+checkout (without ``.git``) is copied with ``put_archive`` into the image's
+repository directory (``$REPO_DIR`` as repo2docker sets it, else the image's
+working directory, else ``/home/<user>``) between ``create`` and ``start``,
+owned by the notebook user. So an image built for an earlier commit with the
+same environment serves a newer commit's notebooks.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +31,7 @@ T = TypeVar("T")
 LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
 LABEL_RUNNER = LABEL_PREFIX + "runner"
+LAST_LINES = 20  # lines of a container's output kept when it exits
 
 
 @dataclass
@@ -28,6 +39,14 @@ class Exit:
     code: int
     oom_killed: bool
     last_lines: list[str]
+
+
+class ContainerExited(LaunchFailed):
+    """The notebook container ended before it listened (``exit`` tells how)."""
+
+    def __init__(self, message: str, exit: Exit):
+        super().__init__(message)
+        self.exit = exit
 
 
 class Launcher:
@@ -51,8 +70,12 @@ class Launcher:
 
     async def start(self, job: dict[str, str], image: str, cmd: list[str],
                     env: dict[str, str], network: str, notebook_port: int,
-                    user_id: int) -> tuple[str, str]:
-        """Run the notebook container; return (container id, URL the hub can reach)."""
+                    user_id: int, content: str | None = None) -> tuple[str, str]:
+        """Run the notebook container; return (container id, URL the hub can reach).
+
+        ``content``: a tar file (see :func:`pack`) copied into the repository
+        directory before the notebook starts.
+        """
         host = self.advertise_host
         if network == "host":
             port = _free_port(host)
@@ -60,25 +83,34 @@ class Launcher:
         else:
             port, bind_ip, ports = notebook_port, "0.0.0.0", {f"{notebook_port}/tcp": (host, None)}
         prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        args = [*cmd, f"--ip={bind_ip}", f"--port={port}"]
         kwargs: dict[str, Any] = dict(
-            image=image, command=args, name=f"booklab-{job['id']}", detach=True,
-            labels=self.labels(job), user=str(user_id),
+            image=image, command=[*cmd, f"--ip={bind_ip}", f"--port={port}"],
+            name=f"booklab-{job['id']}", detach=True, labels=self.labels(job),
+            user=str(user_id), network_mode=network, ports=ports,
             environment={**env, "JUPYTERHUB_SERVICE_URL": f"http://{bind_ip}:{port}{prefix}"},
-            network_mode=network, ports=ports,
+            **limits(job),
         )
-        if job.get("mem_limit"):
-            kwargs["mem_limit"] = job["mem_limit"]
-        if job.get("cpu_limit"):
-            kwargs["nano_cpus"] = int(float(job["cpu_limit"]) * 1e9)
         try:
-            container = await self._run(self.client.containers.run, **kwargs)
-        except APIError as e:
-            raise LaunchFailed(f"Docker refused to start the notebook: {e.explanation}") from None
+            container = await self._run(self.client.containers.create, **kwargs)
+            if content:
+                await self._put_content(container, content)
+            await self._run(container.start)
+        except (APIError, ImageNotFound) as e:
+            raise LaunchFailed(f"Docker refused to start the notebook: {_explain(e)}") from None
         if network != "host":
             await self._run(container.reload)
             port = int(container.ports[f"{notebook_port}/tcp"][0]["HostPort"])
         return container.id, f"http://{host}:{port}"
+
+    async def _put_content(self, container: Any, content: str) -> None:
+        target = repo_dir(container.attrs.get("Config") or {})
+        with open(content, "rb") as f:
+            data = f.read()
+        try:
+            await self._run(container.put_archive, target, data)
+        except NotFound:
+            raise LaunchFailed(f"The image has no directory {target} to put the "
+                               "repository's files into") from None
 
     def labels(self, job: dict[str, str]) -> dict[str, str]:
         """Labels that identify the job; never secrets."""
@@ -100,10 +132,22 @@ class Launcher:
                 return
             status = await self.status(container_id)
             if status not in ("created", "running"):
-                raise LaunchFailed(f"The notebook container stopped while starting ({status})")
+                info = await self.exit_info(container_id)
+                raise ContainerExited(exit_message(info, "while starting"), info)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise LaunchFailed(f"The notebook did not listen on port {port} within {timeout:.0f} s")
+
+    async def exit_info(self, container_id: str) -> Exit:
+        """Exit code, OOM flag and last lines of a container that has stopped."""
+        try:
+            container = await self._run(self.client.containers.get, container_id)
+            logs = await self._run(container.logs, tail=LAST_LINES)
+        except (NotFound, APIError):
+            return Exit(code=-1, oom_killed=False, last_lines=[])
+        state = container.attrs.get("State", {})
+        return Exit(code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")),
+                    last_lines=logs.decode(errors="replace").splitlines())
 
     async def status(self, container_id: str) -> str:
         try:
@@ -122,7 +166,7 @@ class Launcher:
         code = int(result.get("StatusCode", -1))
         try:  # the container may be removed meanwhile by a stop request
             await self._run(container.reload)
-            logs = await self._run(container.logs, tail=20)
+            logs = await self._run(container.logs, tail=LAST_LINES)
         except (NotFound, APIError):
             return Exit(code=code, oom_killed=False, last_lines=[])
         return Exit(
@@ -143,6 +187,91 @@ class Launcher:
             if e.status_code == 409:  # removal already in progress
                 return
             raise
+
+
+    # -- what this runner left on the engine (reconcile, eviction) ------------
+    async def containers_of(self, runner_id: str) -> list[tuple[str, str, str]]:
+        """(container id, job id, status) of every container labelled for ``runner_id``."""
+        found = await self._run(self.client.containers.list, all=True,
+                                filters={"label": f"{LABEL_RUNNER}={runner_id}"})
+        return [(c.id, c.labels.get(LABEL_JOB, ""), c.status) for c in found]
+
+    async def images_with_prefix(self, prefix: str) -> dict[str, int]:
+        """``image name -> size in bytes`` of the tagged images whose name starts with prefix."""
+        if not prefix:
+            return {}
+        images = await self._run(self.client.images.list)
+        return {tag: int(img.attrs.get("Size") or 0)
+                for img in images for tag in img.tags if tag.startswith(prefix)}
+
+    async def images_in_use(self) -> set[str]:
+        """Image names of all containers on the engine (never evicted)."""
+        found = await self._run(self.client.containers.list, all=True)
+        return {c.attrs.get("Config", {}).get("Image", "") for c in found}
+
+    async def remove_image(self, image: str) -> bool:
+        """Untag/remove one image; False when Docker refuses (in use, or gone)."""
+        try:
+            await self._run(self.client.images.remove, image)
+            return True
+        except ImageNotFound:
+            return True
+        except APIError as e:
+            if e.status_code == 409:
+                return False
+            raise
+
+
+def repo_dir(config: dict[str, Any]) -> str:
+    """Where the repository lives in an image (repo2docker's ``REPO_DIR``, else the
+    working directory, else the user's home)."""
+    for item in config.get("Env") or []:
+        if item.startswith("REPO_DIR="):
+            return item.split("=", 1)[1]
+    workdir = config.get("WorkingDir") or ""
+    if workdir not in ("", "/"):
+        return workdir
+    user = config.get("User") or ""
+    return f"/home/{user}" if user and not user.isdigit() else "/home/jovyan"
+
+
+def pack(checkout: str, dest: str, user_id: int) -> str:
+    """Write ``checkout`` (without ``.git``) as a tar owned by ``user_id``; returns dest."""
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if info.name == ".git" or info.name.startswith(".git/"):
+            return None
+        info.uid = info.gid = user_id
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(dest, "w") as tar:
+        for name in sorted(os.listdir(checkout)):
+            tar.add(os.path.join(checkout, name), arcname=name, filter=owned)
+    return dest
+
+
+def limits(job: dict[str, str]) -> dict[str, Any]:
+    """docker-py keyword arguments for the job's memory and CPU limits."""
+    out: dict[str, Any] = {}
+    if job.get("mem_limit"):
+        out["mem_limit"] = job["mem_limit"]
+        out["memswap_limit"] = job["mem_limit"]  # no swap beyond the limit: OOM is OOM
+    if job.get("cpu_limit") and float(job["cpu_limit"]) > 0:
+        out["nano_cpus"] = int(float(job["cpu_limit"]) * 1e9)
+    return out
+
+
+def exit_message(info: Exit, when: str = "") -> str:
+    """What the user reads when a notebook container ended by itself."""
+    if info.oom_killed:
+        return ("The notebook ran out of memory and was killed "
+                "(the container's memory limit was reached)")
+    suffix = f" {when}" if when else ""
+    return f"The notebook server exited with code {info.code}{suffix}"
+
+
+def _explain(e: Exception) -> str:
+    return getattr(e, "explanation", None) or str(e)
 
 
 def _free_port(host: str) -> int:

@@ -1,18 +1,23 @@
-"""One job on a runner: fetch, build, start, watch, stop."""
+"""One job on a runner: fetch, build (once per image), start, watch, stop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from .. import jobs as J
+from ..conf import RunnerConf
 from ..exceptions import BooklabError, InvalidTransition, JobNotFound
 from ..scrub import Scrubber
-from . import build, fetch
+from . import build, cache, fetch
+from .buildlock import BuildLock
+from .launch import ContainerExited, exit_message, pack
 
 if TYPE_CHECKING:
     from .app import Runner
@@ -31,6 +36,8 @@ class JobWorker:
         self.store = runner.store
         self.scrub = Scrubber()
         self.container_id: str | None = None
+        self.image = ""
+        self._url = ""
         self.state = J.CLAIMED
 
     async def say(self, message: str, phase: str = "") -> None:
@@ -45,15 +52,28 @@ class JobWorker:
             raise Aborted(str(e)) from None
         self.state = state
 
+    # -- entry points ---------------------------------------------------------
     async def run(self) -> None:
+        """The whole pipeline for a job this runner just claimed."""
+        await self._guard(self._run())
+
+    async def adopt(self, container_id: str, image: str) -> None:
+        """Watch a running container a previous incarnation of this runner started."""
+        self.container_id, self.image, self.state = container_id, image, J.RUNNING
+        await self._guard(self._adopted())
+
+    async def _guard(self, body: Awaitable[None]) -> None:
         try:
-            await self._run()
+            await body
         except Aborted as e:
             log.info("job %s aborted: %s", self.job_id, e)
             await self._finish_stop()
         except asyncio.CancelledError:
             await asyncio.shield(self._finish_stop())
             raise
+        except ContainerExited as e:
+            await self._say_lines(e.exit.last_lines)
+            await self._fail(str(e), e.exit.code)
         except BooklabError as e:
             await self._fail(str(e))
         except Exception:
@@ -63,49 +83,99 @@ class JobWorker:
         finally:
             await self.store.release(self.runner.runner_id, self.job_id)
 
+    # -- the pipeline -----------------------------------------------------------
+    async def _secrets(self) -> dict[str, Any]:
+        blob = await self.store.secrets(self.job_id)
+        secrets = self.runner.box.decrypt(blob or "")
+        clone = secrets.get("clone") or {}
+        if clone.get("method") == "ssh":
+            self.scrub.add(clone.get("private_key"))
+        else:
+            self.scrub.add_basic_auth(clone.get("username", ""), clone.get("password", ""))
+        for value in (secrets.get("env") or {}).values():
+            self.scrub.add(value)
+        return secrets
+
     async def _run(self) -> None:
         job = await self.store.get(self.job_id)
-        secrets = self.runner.box.decrypt(await self.store.secrets(self.job_id) or "")
-        clone = secrets["clone"]
-        self.scrub.add_basic_auth(clone["username"], clone["password"])
-        for value in secrets["env"].values():
-            self.scrub.add(value)
+        secrets = await self._secrets()
         conf = await self.runner.conf()
-        image = await self._fetch_and_build(job, clone, conf)
-        await self.step(J.STARTING, f"Starting the notebook from {image}")
-        env = {**json.loads(job.get("env") or "{}"), **secrets["env"]}
-        cmd = json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
-        cmd += json.loads(job.get("args") or "[]")
-        launcher = self.runner.launcher
-        self.container_id, url = await launcher.start(
-            job, image, cmd, env, conf.network, conf.notebook_port, conf.user_id)
-        await launcher.wait_listening(self.container_id, url)
-        await self.step(J.RUNNING, f"Notebook server is listening at {url}", url=url,
-                        container=self.container_id, image=image)
-        await self._watch()
-
-    async def _fetch_and_build(self, job: dict[str, str], clone: dict, conf) -> str:
-        sha, project = job["sha"], job["project"]
-        await self.step(J.FETCHING, f"Fetching {project} at {job['ref']} ({sha[:12]})")
-        url = fetch.check_clone_url(job["clone_url"], conf.gitlab_url)
-        image = build.image_name(conf.image_prefix, job["project_id"], project, sha)
         workdir = tempfile.mkdtemp(prefix="booklab-job-", dir=self.runner.work_dir)
         try:
-            checkout = f"{workdir}/repo"
-            await fetch.fetch(url, job["ref"], sha, checkout, clone["username"],
-                              clone["password"], self.say)
-            await self.step(J.BUILDING, f"Building image {image}")
-            if await self.runner.launcher.image_exists(image):
-                await self.say(f"Image {image} already exists: no build needed")
-            else:
-                await build.build(checkout, image, conf.user_id, conf.user_name,
-                                  conf.build_timeout, self._build_line)
+            checkout = os.path.join(workdir, "repo")
+            await self._fetch(job, secrets["clone"], conf, checkout)
+            self.image = await self._ensure_image(job, checkout, conf)
+            content = await asyncio.to_thread(pack, checkout, os.path.join(workdir, "repo.tar"),
+                                               conf.user_id)
+            await self.step(J.STARTING, f"Starting the notebook from {self.image}")
+            await self._start(job, secrets, conf, content)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return image
+        await self.runner.launcher.wait_listening(self.container_id, self._url)
+        await self.step(J.RUNNING, f"Notebook server is listening at {self._url}",
+                        url=self._url, container=self.container_id, image=self.image)
+        await self.runner.image_launched(self.image, conf.image_prefix)
+        await self._watch()
+
+    async def _fetch(self, job: dict[str, str], clone: dict[str, str], conf: RunnerConf,
+                     checkout: str) -> None:
+        sha, ref = job["sha"], job["ref"]
+        await self.step(J.FETCHING, f"Fetching {job['project']} at {ref} ({sha[:12]})")
+        if clone.get("method") == "ssh":
+            url = fetch.check_ssh_url(job.get("ssh_url", ""))
+            known = conf.ssh_known_hosts or self.runner.known_hosts
+            await self.say(f"Cloning over SSH with a read-only deploy key from {url}")
+            await fetch.fetch_ssh(url, ref, sha, checkout, clone["private_key"], known, self.say)
+        else:
+            url = fetch.check_clone_url(job["clone_url"], conf.gitlab_url)
+            await fetch.fetch(url, ref, sha, checkout, clone["username"], clone["password"],
+                              self.say)
+
+    async def _ensure_image(self, job: dict[str, str], checkout: str, conf: RunnerConf) -> str:
+        env = await cache.environment(checkout, conf.user_id, conf.user_name)
+        image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash)
+        await self.step(J.BUILDING, f"Image {image}, from {env.describe()}")
+        lock = BuildLock(self.runner.redis, self.runner.keys, cache.image_key(image),
+                         self.runner.runner_id, self.job_id)
+        launcher = self.runner.launcher
+        while True:
+            if await launcher.image_exists(image):
+                await self.say(f"Image {image} already exists: reusing it, no build needed")
+                return image
+            if await lock.acquire():
+                async with lock.kept():
+                    if not await launcher.image_exists(image):
+                        await build.build(checkout, image, conf.user_id, conf.user_name,
+                                          conf.build_timeout, self._build_line)
+                await self.runner.images.touch(image)
+                await self.say(f"Built image {image}")
+                return image
+            holder = await lock.holder()
+            if holder is not None:
+                await self.say(f"Image {image} is being built for job {holder[1]} on runner "
+                               f"{holder[0]}: waiting for that build, its log follows")
+                await lock.follow(self.store, holder[1], self._build_line)
 
     async def _build_line(self, message: str, phase: str) -> None:
         await self.say(message, phase)
+
+    async def _start(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
+                     content: str) -> None:
+        env = {**json.loads(job.get("env") or "{}"), **(secrets.get("env") or {})}
+        cmd = json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
+        cmd += json.loads(job.get("args") or "[]")
+        self.container_id, self._url = await self.runner.launcher.start(
+            job, self.image, cmd, env, conf.network, conf.notebook_port, conf.user_id,
+            content=content)
+
+    async def _adopted(self) -> None:
+        try:
+            await self._secrets()  # so that the container's last lines are scrubbed
+        except BooklabError:
+            pass
+        await self.say(f"Runner {self.runner.runner_id} restarted and adopted this notebook's "
+                       "container", J.RUNNING)
+        await self._watch()
 
     async def _watch(self) -> None:
         """Wait for the container to exit by itself (a stop request also ends it)."""
@@ -114,18 +184,22 @@ class JobWorker:
         current = await self.store.state(self.job_id)
         if current != J.RUNNING:
             raise Aborted(f"container ended while the job is {current}")
-        for line in result.last_lines:
-            await self.say(line, "running")
+        await self._say_lines(result.last_lines)
         await self.runner.launcher.remove(self.container_id)
-        if result.oom_killed:
-            await self._fail("The notebook ran out of memory and was killed "
-                             "(the container's memory limit was reached)", result.code)
-        elif result.code:
-            await self._fail(f"The notebook server exited with code {result.code}", result.code)
+        if result.oom_killed or result.code:
+            await self._fail(exit_message(result), result.code)
         else:
-            await self.store.transition(self.job_id, J.STOPPED, "The notebook server exited",
+            await self.store.transition(self.job_id, J.STOPPED,
+                                        "The notebook server exited by itself (code 0)",
                                         allowed_from=[J.RUNNING], exit_code="0")
 
+    async def _say_lines(self, lines: list[str]) -> None:
+        if lines:
+            await self.say(f"Last {len(lines)} line(s) of the notebook's output:", J.RUNNING)
+        for line in lines:
+            await self.say(line, J.RUNNING)
+
+    # -- endings ------------------------------------------------------------------
     async def stop(self) -> None:
         """Handle a stop request: end the container; the pipeline then finishes."""
         if self.container_id:

@@ -1,0 +1,131 @@
+"""Nothing stuck: reaping the jobs of dead runners, and reconciling at start.
+
+**Reaping.** Every live runner scans ``runners`` every ``REAP_INTERVAL``
+seconds. For a runner without a heartbeat (it expires 30 s after the last
+beat), each job in its ``claimed:<runner>`` list that had not started running
+goes back to the queue, in one atomic step (:meth:`JobStore.reap`), so with a
+5 s scan a dead runner's waiting jobs are requeued within ~35 s. Its running
+notebooks are left alone for ``ORPHAN_GRACE`` seconds, so that the runner
+can come back and adopt them (the hub's ``poll()`` fails them meanwhile if it
+notices first); after that they are failed and the runner is forgotten.
+
+**Reconciling.** A runner that starts looks for containers labelled with its
+id: a container whose job is still ``running`` on this runner is adopted
+(watched again, stoppable again); every other one is removed. Jobs left in
+its ``claimed`` list are requeued (not started yet), confirmed stopped (a
+stop was asked) or failed (their container is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .. import jobs as J
+from .. import runners
+from ..exceptions import InvalidTransition, JobNotFound
+from .launch import exit_message
+
+if TYPE_CHECKING:
+    from .app import Runner
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL = 5.0  # seconds between scans for dead runners
+ORPHAN_GRACE = 300.0  # seconds after a runner's last beat before its notebooks are failed
+EARLY = (J.QUEUED, J.CLAIMED, J.FETCHING, J.BUILDING, J.STARTING)
+
+
+async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
+    """One scan; returns (dead runner, job, outcome) for each job looked at."""
+    redis, keys, store = runner.redis, runner.keys, runner.store
+    outcomes = []
+    for dead, last_beat in (await runners.dead_runners(redis, keys)).items():
+        if dead == runner.runner_id:
+            continue
+        gone_long = time.time() - last_beat > ORPHAN_GRACE
+        for job_id in await redis.lrange(keys.claimed(dead), 0, -1):
+            outcome = await store.reap(dead, job_id, f"Runner {dead} stopped answering (no "
+                                       "heartbeat); the job went back to the queue")
+            if outcome in (J.RUNNING, J.STOPPING) and gone_long:
+                outcome = await store.reap(dead, job_id, f"Runner {dead} has been gone for "
+                                           f"over {ORPHAN_GRACE:.0f} s; the notebook is lost",
+                                           mode="fail")
+            if outcome != "alive":
+                log.info("reaped job %s of dead runner %s: %s", job_id, dead, outcome)
+            outcomes.append((dead, job_id, outcome))
+        if gone_long and not await redis.llen(keys.claimed(dead)):
+            log.info("forgetting runner %s (gone since %.0f)", dead, last_beat)
+            await runners.forget(redis, keys, dead)
+    return outcomes
+
+
+async def reap_loop(runner: Runner) -> None:
+    while not runner.stopping.is_set():
+        try:
+            await reap_dead(runner)
+        except Exception as e:  # Redis restarting: try again at the next scan
+            log.warning("scanning for dead runners failed: %s", e)
+        try:
+            await asyncio.wait_for(runner.stopping.wait(), REAP_INTERVAL)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def reconcile(runner: Runner) -> set[str]:
+    """Adopt or remove this runner's containers; settle its claimed jobs. Returns adopted."""
+    adopted: set[str] = set()
+    for container_id, job_id, status in await runner.launcher.containers_of(runner.runner_id):
+        job = await _job(runner, job_id)
+        mine = (job.get("state") == J.RUNNING and job.get("runner") == runner.runner_id
+                and job.get("container") == container_id)
+        if mine and status == "running":
+            log.info("adopting container %s of job %s", container_id[:12], job_id)
+            runner.adopt(job_id, container_id, job.get("image", ""))
+            adopted.add(job_id)
+            continue
+        if mine:  # it ended while the runner was away
+            info = await runner.launcher.exit_info(container_id)
+            await _fail(runner, job_id, exit_message(info), info.code)
+        log.info("removing orphan container %s (job %s)", container_id[:12], job_id or "?")
+        await runner.launcher.remove(container_id, grace=2)
+    for job_id in await runner.redis.lrange(runner.keys.claimed(runner.runner_id), 0, -1):
+        if job_id not in adopted:
+            await _settle(runner, job_id)
+    return adopted
+
+
+async def _job(runner: Runner, job_id: str) -> dict[str, str]:
+    try:
+        return await runner.store.get(job_id) if job_id else {}
+    except (JobNotFound, ValueError):
+        return {}
+
+
+async def _fail(runner: Runner, job_id: str, reason: str, code: int = 1) -> None:
+    try:
+        await runner.store.transition(job_id, J.FAILED, reason, error=reason,
+                                      exit_code=str(code or 1))
+    except (InvalidTransition, JobNotFound):
+        pass
+
+
+async def _settle(runner: Runner, job_id: str) -> None:
+    """A claimed job with no container after a restart."""
+    me, store = runner.runner_id, runner.store
+    state = await store.state(job_id)
+    if state == J.STOPPING:
+        try:
+            await store.transition(job_id, J.STOPPED, "Stopped (the runner restarted)",
+                                   allowed_from=[J.STOPPING], exit_code="0")
+        except (InvalidTransition, JobNotFound):
+            pass
+        await store.release(me, job_id)
+    elif state in EARLY:
+        await store.reap(me, job_id, f"Runner {me} restarted; the job went back to the queue",
+                         require_dead=False)
+    else:
+        await store.reap(me, job_id, "The notebook's container is gone (its runner restarted)",
+                         mode="fail", require_dead=False)

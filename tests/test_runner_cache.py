@@ -1,0 +1,73 @@
+"""Image cache keyed on the environment, and one build per image across runners."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest_runner import notebook
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+async def test_notebook_only_commit_reuses_image_and_shows_new_notebook(
+        launcher, rt_runners, rt_docker, demo_project):
+    rt_runners.start("cache")
+    first = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {
+        "first.ipynb": notebook("# one")}))
+    job = await launcher.wait_state(first, "running")
+    log = await launcher.log_text(first)
+    assert "Built image" in log and "Dockerfile" in log
+    assert {"hello.ipynb", "first.ipynb"} <= launcher.contents(job["url"])
+    assert (await launcher.stop(first))["state"] == "stopped"
+
+    # a commit that only adds a notebook: same environment, same image, no build
+    sha = demo_project.commit("demo/hello", "main", {"second.ipynb": notebook("# two")})
+    second = await launcher.launch("demo/hello", sha)
+    job2 = await launcher.wait_state(second, "running")
+    log2 = await launcher.log_text(second)
+    assert job2["image"] == job["image"]
+    assert "already exists: reusing it, no build needed" in log2
+    assert "Built image" not in log2
+    # ... and the new notebook is there all the same (copied in at start)
+    assert {"hello.ipynb", "first.ipynb", "second.ipynb"} <= launcher.contents(job2["url"])
+    await launcher.stop(second)
+
+    # changing the environment (the Dockerfile) builds a new image
+    sha3 = demo_project.commit("demo/hello", "main", {
+        "Dockerfile": demo_project_dockerfile() + "ENV BOOKLAB_CHANGED=1\n"})
+    third = await launcher.launch("demo/hello", sha3)
+    job3 = await launcher.wait_state(third, "running")
+    assert job3["image"] != job["image"]
+    assert "Built image" in await launcher.log_text(third)
+    await launcher.stop(third)
+
+
+def demo_project_dockerfile() -> str:
+    from tests.conftest_runner import RT_DOCKERFILE
+    return RT_DOCKERFILE
+
+
+async def test_two_concurrent_jobs_for_one_image_build_once(
+        launcher, rt_runners, rt_docker, demo_project):
+    # a build slow enough that the second job arrives while it runs
+    sha = demo_project.commit("demo/hello", "main", {
+        "Dockerfile": demo_project_dockerfile() + "RUN sleep 8\n"})
+    rt_runners.start("dedupe-a")
+    rt_runners.start("dedupe-b")
+    jobs = [await launcher.launch("demo/hello", sha) for _ in range(2)]
+    done = await asyncio.gather(*(launcher.wait_state(j, "running") for j in jobs))
+    assert {d["runner"] for d in done} == {"rt-dedupe-a", "rt-dedupe-b"}
+    assert done[0]["image"] == done[1]["image"]
+    logs = [await launcher.log_text(j) for j in jobs]
+    waiters = [log for log in logs if "waiting for that build, its log follows" in log]
+    builders = [log for log in logs if log not in waiters]
+    assert len(builders) == 1 and len(waiters) == 1, logs
+    assert "Built image" in builders[0]
+    # the waiting job's user saw repo2docker's lines of the other job's build,
+    # then used the image it produced
+    assert "sleep 8" in waiters[0]
+    assert waiters[0].index("sleep 8") < waiters[0].index("already exists: reusing it")
+    for j in jobs:
+        await launcher.stop(j)
