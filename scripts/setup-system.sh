@@ -26,6 +26,16 @@ install_debian_packages() {
   systemctl disable --now redis-server ssh >/dev/null 2>&1 || true
 }
 
+create_git_user() {
+  # the GitLab double's sshd (tests/gitlab_double/ssh_server.py) logs in as `git`, as GitLab does
+  if ! id git >/dev/null 2>&1; then
+    log "creating the system user git (for the GitLab double's sshd)"
+    useradd --system --create-home --home-dir /home/git --shell /bin/sh git
+  fi
+  # password '*': no password login, yet not a locked account (sshd refuses locked ones)
+  case "$(getent shadow git | cut -d: -f2)" in '!'*) usermod -p '*' git ;; esac
+}
+
 install_buildx() {
   # repo2docker builds with `docker buildx`; bookworm has no package for it,
   # trixie's (depends only on libc6 >= 2.34) works with docker.io 20.10.
@@ -76,6 +86,7 @@ install_venv() {
 
 need_root
 install_debian_packages
+create_git_user
 install_buildx
 start_dockerd
 install_chp

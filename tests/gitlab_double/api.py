@@ -179,3 +179,8 @@ HANDLERS = [
     (rf"/api/v4/groups/{_ID}", GroupHandler),
     (rf"/api/v4/groups/{_ID}/members/(all/)?(\d+)", GroupMemberHandler),
 ]
+
+# git over SSH: the internal API the double's gitlab-shell asks (see api_internal)
+from .api_internal import HANDLERS as _INTERNAL_HANDLERS  # noqa: E402
+
+HANDLERS = [*HANDLERS, *_INTERNAL_HANDLERS]

@@ -61,6 +61,7 @@ class GitLabDouble:
         return self.store.base_url
 
     def stop(self) -> None:
+        self.stop_ssh()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -235,3 +236,23 @@ class GitLabDouble:
         """Whether deploy key `key_id` may fetch project `path` (the forced command's check)."""
         project = self.store.project_by_path(path)
         return project is not None and (project.id, key_id) in self.store.key_links
+
+    # -- git over SSH (a real sshd; see ssh_server) --------------------------
+    def start_ssh(self) -> str:
+        """Start sshd on a free loopback port; returns its known_hosts line.
+
+        Afterwards ``ssh_url_to_repo`` is ``ssh://git@127.0.0.1:PORT/<path>.git``.
+        The data directory must be readable by the system user ``git``.
+        """
+        from .ssh_server import SshServer
+
+        if getattr(self, "_ssh", None) is None:
+            self._ssh = SshServer(self.store, self.url)
+            self._ssh.start()
+        return self._ssh.known_hosts_line
+
+    def stop_ssh(self) -> None:
+        ssh = getattr(self, "_ssh", None)
+        if ssh is not None:
+            ssh.stop()
+            self._ssh = None

@@ -68,7 +68,7 @@ def project(store: Store, p: Project, viewer: User | None, *, simple: bool = Fal
         "name_with_namespace": _name_with_namespace(store, p), "path": p.path,
         "path_with_namespace": p.full_path, "created_at": ts(p.created_at),
         "default_branch": p.default_branch, "tag_list": [], "topics": [],
-        "ssh_url_to_repo": f"git@127.0.0.1:{p.full_path}.git",
+        "ssh_url_to_repo": ssh_url(store, p),
         "http_url_to_repo": f"{web_url}.git", "web_url": web_url,
         "readme_url": None, "avatar_url": None, "forks_count": 0, "star_count": 0,
         "last_activity_at": ts(p.last_activity_at), "namespace": namespace(store, p),
@@ -143,3 +143,11 @@ def deploy_key(k: DeployKey, can_push: bool) -> dict[str, Any]:
         "fingerprint_sha256": k.fingerprint_sha256, "usage_type": "auth_and_signing",
         "created_at": ts(k.created_at), "expires_at": ts(k.expires_at), "can_push": can_push,
     }
+
+
+def ssh_url(store: Store, p: Project) -> str:
+    """GitLab's ``ssh_url_to_repo``: the double's sshd once ``start_ssh()`` ran."""
+    port = getattr(store, "ssh_port", None)
+    if port:
+        return f"ssh://git@127.0.0.1:{port}/{p.full_path}.git"
+    return f"git@127.0.0.1:{p.full_path}.git"
