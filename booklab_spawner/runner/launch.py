@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import socket
 import tarfile
@@ -27,6 +28,7 @@ import docker
 from ..exceptions import LaunchFailed
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
@@ -184,9 +186,18 @@ class Launcher:
         except NotFound:
             return
         except APIError as e:
-            if e.status_code == 409:  # removal already in progress
-                return
-            raise
+            if e.status_code != 409:
+                raise
+            await self._gone(container_id)  # removal already in progress: see it through
+
+    async def _gone(self, container_id: str, timeout: int = 30) -> None:
+        try:
+            await self._run(self.client.api.wait, container_id, timeout=timeout,
+                            condition="removed")
+        except (NotFound, APIError):
+            pass
+        except Exception as e:  # a timeout: the engine is slow, the caller goes on
+            log.warning("container %s still being removed: %s", container_id[:12], e)
 
 
     # -- what this runner left on the engine (reconcile, eviction) ------------
