@@ -125,12 +125,18 @@ class Launcher:
         }
 
     async def wait_listening(self, container_id: str, url: str, timeout: float = 60) -> None:
-        """Until the notebook accepts TCP connections; fail early if it exits."""
+        """Until the notebook accepts TCP connections; fail early if it exits.
+
+        With a published port, Docker's proxy accepts connections on the host
+        port before anything listens inside, so the check then goes to the
+        container's own address on the bridge network.
+        """
         host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+        target = await self._inner_address(container_id, int(port)) or (host, int(port))
         deadline = time.monotonic() + timeout
         delay = 0.05
         while time.monotonic() < deadline:
-            if await self._run(_can_connect, host, int(port)):
+            if await self._run(_can_connect, *target):
                 return
             status = await self.status(container_id)
             if status not in ("created", "running"):
@@ -139,6 +145,18 @@ class Launcher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise LaunchFailed(f"The notebook did not listen on port {port} within {timeout:.0f} s")
+
+    async def _inner_address(self, container_id: str, host_port: int) -> tuple[str, int] | None:
+        """(container IP, container port) behind a published ``host_port``, if any."""
+        container = await self._run(self.client.containers.get, container_id)
+        settings = container.attrs.get("NetworkSettings") or {}
+        for spec, bindings in (settings.get("Ports") or {}).items():
+            if any(str(b.get("HostPort")) == str(host_port) for b in bindings or []):
+                ip = settings.get("IPAddress") or next(
+                    (n.get("IPAddress") for n in (settings.get("Networks") or {}).values()
+                     if n.get("IPAddress")), "")
+                return (ip, int(spec.split("/")[0])) if ip else None
+        return None
 
     async def exit_info(self, container_id: str) -> Exit:
         """Exit code, OOM flag and last lines of a container that has stopped."""
