@@ -67,6 +67,36 @@ class GitLabClient:
             raise _friendly(e, f"Branch, tag or commit {ref!r} not found") from None
         return data
 
+    # -- for the repository picker (booklab_hub.handlers) ---------------------
+    async def member_projects(self, search: str = "", page: int = 1,
+                              per_page: int = 20) -> tuple[list[dict], int | None]:
+        """One page of the projects the user is a member of, most recently active
+        first, filtered by GitLab's own search; returns (projects, next page or None)."""
+        params: dict[str, Any] = {"membership": "true", "simple": "true",
+                                  "order_by": "last_activity_at", "sort": "desc",
+                                  "page": max(int(page), 1), "per_page": per_page}
+        if search:
+            params.update(search=search, search_namespaces="true")
+        try:
+            data, headers = await self.request("GET", "/projects", params=params)
+        except GitLabError as e:
+            raise _friendly(e, "GitLab did not find your projects") from None
+        next_page = headers.get("X-Next-Page") or headers.get("x-next-page") or ""
+        return data or [], int(next_page) if next_page.isdigit() else None
+
+    async def refs(self, project_id: int | str, kind: str, per_page: int = 100) -> list[dict]:
+        """The first page of a project's ``branches`` or ``tags``."""
+        if kind not in ("branches", "tags"):
+            raise ValueError(f"unknown ref kind {kind!r}")
+        pid = quote(str(project_id), safe="")
+        try:
+            data, _ = await self.request("GET", f"/projects/{pid}/repository/{kind}",
+                                         params={"per_page": per_page})
+        except GitLabError as e:
+            raise _friendly(e, "Project not found, or your GitLab account cannot read it"
+                            ) from None
+        return data or []
+
 
 def _friendly(e: GitLabError, not_found: str) -> GitLabError:
     if e.status == 404:

@@ -1,1 +1,162 @@
-"""Fixtures for the pages tests (see the module's own tests)."""
+"""Fixtures for the pages tests: the real hub and runner of conftest_stack, a richer
+GitLab double, and Debian's chromium driven by Playwright.
+
+Everything here is named for these tests: runner ids start with ``pg-``, images
+with ``booklab-pg/``; both are removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import redis as syncredis
+
+from tests.conftest_stack import (
+    DEMO_DOCKERFILE,
+    DEMO_NOTEBOOK,
+    Hub,
+    RunnerProcess,
+    _dump_on_failure,
+)
+from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
+
+PAGES_IMAGE_PREFIX = "booklab-pg/"
+PAGES_RUNNER = "pg-runner-1"
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+FAILING_DOCKERFILE = f"""\
+FROM {NOTEBOOK_IMAGE}
+RUN echo "booklab-test: this build fails on purpose" && exit 3
+"""
+DEV_NOTEBOOK = json.dumps({
+    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# On the dev branch"]}],
+    "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+})
+N_SCRATCH = 25  # more projects than one page of the picker (20)
+
+
+@pytest.fixture
+def pages_gitlab(gitlab):
+    """alice: Developer on demo/hello, demo/broken and 25 more; bob: nothing; admin."""
+    for name in ("alice", "bob", "admin"):
+        gitlab.add_user(name, password=f"{name}-pw", name=name.title())
+    for i in range(N_SCRATCH):
+        gitlab.add_project(f"alice/scratch-{i:02d}", description=f"Scratch project {i}")
+    gitlab.add_project("demo/escaping", description='<b>not bold</b><img src=x onerror="x()">')
+    gitlab.add_member("demo/escaping", "alice", 30)
+    gitlab.add_project("demo/broken", files={"Dockerfile": FAILING_DOCKERFILE})
+    gitlab.add_member("demo/broken", "alice", 30)
+    gitlab.add_project("demo/hello", files={"Dockerfile": DEMO_DOCKERFILE,
+                                            "README.md": "# Hello\n"},
+                       description="The demo notebook")
+    gitlab.demo_sha = gitlab.commit("demo/hello", "main", {"hello.ipynb": DEMO_NOTEBOOK},
+                                    message="Add a notebook")
+    gitlab.commit("demo/hello", "dev", {"dev.ipynb": DEV_NOTEBOOK}, message="Dev notebook")
+    gitlab.create_tag("demo/hello", "v1.0", "main")
+    gitlab.add_member("demo/hello", "alice", 30)  # last activity: listed first
+    return gitlab
+
+
+class PagesHub(Hub):
+    """The real hub, with our image prefix and the picker as landing page."""
+
+    def write_config(self) -> None:
+        self.config["runners"]["image_prefix"] = PAGES_IMAGE_PREFIX
+        super().write_config()
+        with open(self.workdir / "test_config.py", "a") as f:
+            f.write('c.JupyterHub.default_url = "/hub/booklab/"\n')
+
+    def redis(self) -> syncredis.Redis:
+        return syncredis.Redis.from_url(self.config["redis"]["url"], decode_responses=True)
+
+
+@pytest.fixture
+def pages_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
+    syncredis.Redis.from_url(redis_server.url).flushdb()  # no jobs or runners of other tests
+    hub = PagesHub(tmp_path / "hub", pages_gitlab, redis_server.url, runner_token)
+    hub.workdir.mkdir()
+    hub.start()
+    yield hub
+    hub.stop()
+    _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture(scope="session")
+def pages_docker():
+    client = require_docker()
+    require_image(client)
+    yield client
+    for c in client.containers.list(all=True, filters={"label": "org.booklab.job"}):
+        if c.labels.get("org.booklab.runner", "").startswith("pg-"):
+            c.remove(force=True)
+    for image in client.images.list():
+        if any(t.startswith(PAGES_IMAGE_PREFIX) for t in image.tags):
+            client.images.remove(image.id, force=True)
+
+
+@pytest.fixture
+def pages_runner(pages_hub, redis_server, runner_token, tmp_path, pages_docker, request):
+    workdir = tmp_path / "runner"
+    workdir.mkdir()
+    proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir)
+    yield proc
+    proc.stop()
+    _dump_on_failure(request, proc)
+
+
+# -- the browser ----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium, request):
+    """A fresh browser profile (no cookies) per test; a screenshot if the test fails."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    yield page
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
+        page.screenshot(path=str(artifacts_dir() / f"{name}.png"), full_page=True)
+    context.close()
+
+
+def sign_in_at_gitlab(page, username: str, password: str) -> None:
+    """On the double's sign-in form (reached through the OAuth redirect)."""
+    page.wait_for_selector("#user_login")
+    page.fill("#user_login", username)
+    page.fill("#user_password", password)
+    page.locator("#new_user [type=submit], #new_user button").first.click()
+
+
+def click_sign_in(page) -> None:
+    """The hub's login page: its "Sign in with GitLab" button starts the OAuth redirect."""
+    page.get_by_text(re.compile("Sign in with GitLab", re.I)).click()
+
+
+def browser_login(page, hub, username: str, password: str) -> None:
+    """From the hub's front door through GitLab's OAuth redirect, as a person would."""
+    page.goto(hub.url + "/")
+    click_sign_in(page)
+    sign_in_at_gitlab(page, username, password)
+    page.wait_for_url(re.compile(re.escape(hub.url) + r"/hub/booklab/?$"))
+
+
+def save_screenshot(page, name: str) -> None:
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMG / name), full_page=False)

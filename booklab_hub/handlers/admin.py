@@ -1,0 +1,127 @@
+"""Admin pages: runners (from their heartbeat and record), the queue and the jobs.
+
+Admins only (403 for everyone else). Cancelling a job that belongs to a
+server goes through JupyterHub (stop the server), so the hub's state stays
+consistent; a queued job without a server is taken off the queue directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tornado import web
+
+from booklab_spawner.exceptions import InvalidTransition
+from booklab_spawner.jobs import ACTIVE, QUEUED, STOPPING, TERMINAL
+
+from .base import BooklabHandler
+
+MAX_JOBS = 200  # newest jobs shown (job ids start with their creation time)
+_RUNNER_FIELDS = ("host", "slots", "used", "version", "images", "started")
+
+
+def _age(ts: str | None, now: float) -> str:
+    try:
+        seconds = max(now - float(ts or ""), 0)
+    except ValueError:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _list_field(value: str | None) -> list[str]:
+    try:
+        data = json.loads(value or "[]")
+    except ValueError:
+        return [value] if value else []
+    return [str(v) for v in data] if isinstance(data, list) else [str(data)]
+
+
+async def runner_rows(redis, keys) -> list[dict]:
+    ids = sorted(await redis.smembers(keys.runners))
+    now = time.time()
+    rows = []
+    for runner_id in ids:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.heartbeat(runner_id))
+            pipe.hgetall(keys.runner(runner_id))
+            beat, info = await pipe.execute()
+        row = {"id": runner_id, "alive": beat is not None,
+               "last_beat": _age(beat, now) if beat else "",
+               **{f: info.get(f, "") for f in _RUNNER_FIELDS}}
+        row["images"] = _list_field(info.get("images"))
+        row["jobs"] = _list_field(info.get("jobs"))
+        rows.append(row)
+    return rows
+
+
+async def job_rows(redis, keys) -> list[dict]:
+    ids = sorted(await redis.hkeys(keys.status), reverse=True)[:MAX_JOBS]
+    queue = await redis.lrange(keys.queue, 0, -1)
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        records = await pipe.execute()
+    now = time.time()
+    rows = []
+    for job_id, job in zip(ids, records, strict=True):
+        if not job:
+            continue  # expired record; the status entry outlived it
+        position = len(queue) - queue.index(job_id) if job_id in queue else None
+        rows.append({**job, "age": _age(job.get("created"), now), "position": position,
+                     "cancellable": job.get("state") in (QUEUED, *ACTIVE)})
+    return rows
+
+
+class AdminHandler(BooklabHandler):
+    """/hub/booklab/admin: runners, queue, jobs."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.require_admin()
+        runners = await runner_rows(self.redis, self.keys)
+        jobs = await job_rows(self.redis, self.keys)
+        await self.render_page(
+            "admin.html", runners=runners, jobs=jobs,
+            queued=sum(1 for j in jobs if j.get("state") == QUEUED),
+            message=self.get_argument("message", "")[:200])
+
+
+class CancelJobHandler(BooklabHandler):
+    """POST /hub/booklab/admin/jobs/<job>/cancel (XSRF-checked by the hub)."""
+
+    @web.authenticated
+    async def post(self, job_id: str) -> None:
+        self.require_admin()
+        job = await self.job_for_viewer(job_id)
+        message = await self._cancel(job)
+        self.log.info("Admin %s cancelled job %s: %s", self.current_user.name, job_id, message)
+        self.redirect(self.booklab_url("admin") + "?message=" + web.escape.url_escape(message))
+
+    async def _cancel(self, job: dict[str, str]) -> str:
+        user = self.find_user(job.get("user", ""))
+        spawner = user.spawners.get(job.get("server_name", "")) if user else None
+        if spawner is not None and spawner.job_id == job["id"] and (
+                spawner.ready or spawner.pending == "spawn"):
+            await self.stop_server(user, spawner)
+            return f"Stopping {user.name}'s server {spawner.name}"
+        return await self._cancel_orphan(job)
+
+    async def _cancel_orphan(self, job: dict[str, str]) -> str:
+        """A job no server owns any more: off the queue, or told to stop on its runner."""
+        if job.get("state") == QUEUED and await self.store.cancel_queued(job["id"]):
+            return f"Cancelled queued job {job['id']}"
+        if job.get("state") in TERMINAL:
+            return f"Job {job['id']} had already ended"
+        try:
+            await self.store.transition(job["id"], STOPPING, "Cancelled by an administrator",
+                                        allowed_from=ACTIVE)
+        except InvalidTransition:
+            return f"Job {job['id']} is already stopping"
+        await self.store.send_command(job["runner"], {"op": "stop", "job": job["id"]})
+        return f"Asked runner {job['runner']} to stop job {job['id']}"

@@ -1,0 +1,120 @@
+"""What every Booklab page shares: settings, Redis, the user's GitLab client, errors.
+
+The handlers subclass JupyterHub's own ``BaseHandler``, so login, cookies,
+XSRF, the ``page.html`` layout and ``self.current_user`` are the hub's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+from jupyterhub.handlers import BaseHandler
+from tornado import web
+
+from booklab_spawner.exceptions import GitLabError, JobNotFound
+from booklab_spawner.gitlab import GitLabClient
+from booklab_spawner.jobs import JobStore
+from booklab_spawner.keys import DEFAULT_PREFIX, Keys
+from booklab_spawner.redis_client import get_redis
+
+PREFIX = "/booklab"  # under the hub's prefix: /hub/booklab/...
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """What the pages need from the hub's configuration of BooklabSpawner."""
+
+    redis_url: str
+    key_prefix: str
+    gitlab_url: str
+
+    @classmethod
+    def from_app(cls, app) -> PageSettings:
+        cfg = app.config.get("BooklabSpawner", {})
+        gitlab_url = cfg.get("gitlab_url") or getattr(app.authenticator, "gitlab_url", "")
+        return cls(
+            redis_url=cfg.get("redis_url") or os.environ.get(
+                "BOOKLAB_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            key_prefix=cfg.get("key_prefix", DEFAULT_PREFIX),
+            gitlab_url=gitlab_url or os.environ.get("GITLAB_URL", ""),
+        )
+
+
+class BooklabHandler(BaseHandler):
+    """Base of Booklab's pages: access to Redis, GitLab and readable errors."""
+
+    def initialize(self, booklab: PageSettings) -> None:
+        super().initialize()
+        self.booklab = booklab
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.booklab.key_prefix)
+
+    @property
+    def redis(self):
+        return get_redis(self.booklab.redis_url)
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.redis, self.keys)
+
+    def booklab_url(self, *parts: str) -> str:
+        return self.hub.base_url + PREFIX.strip("/") + "/" + "/".join(parts)
+
+    async def gitlab_for(self, user) -> GitLabClient:
+        """A GitLab client acting with the user's own OAuth token."""
+        auth_state = await user.get_auth_state() or {}
+        token = auth_state.get("access_token")
+        if not token:
+            raise GitLabError("Booklab has no GitLab token for you: log out and log in again",
+                              401)
+        return GitLabClient(self.booklab.gitlab_url, token)
+
+    def require_admin(self) -> None:
+        if not self.current_user or not self.current_user.admin:
+            raise web.HTTPError(403, "Only Booklab administrators can see this page")
+
+    async def stop_server(self, user, spawner) -> None:
+        """Stop a running server, or interrupt its launch, through JupyterHub."""
+        if spawner.pending == "spawn":
+            # as JupyterHub's API does: interrupt the start, then stop, so that
+            # the spawner cancels the job in Redis wherever it got to
+            future = spawner._spawn_future
+            if future is not None and not future.done():
+                future.cancel()
+            for _ in range(100):
+                if not spawner.pending:
+                    break
+                await asyncio.sleep(0.1)
+        await self.stop_single_user(user, spawner.name)
+
+    async def job_for_viewer(self, job_id: str) -> dict[str, str]:
+        """The job record, if the current user owns it or is an admin; else 404."""
+        try:
+            job = await self.store.get(job_id)
+        except (JobNotFound, ValueError):
+            raise web.HTTPError(404, "No such build (its log may have expired)") from None
+        user = self.current_user
+        if job.get("user") != user.name and not user.admin:
+            raise web.HTTPError(404, "No such build (its log may have expired)")
+        return job
+
+    async def render_page(self, name: str, **ns) -> None:
+        html = await self.render_template(f"booklab/{name}", static=self.booklab_static,
+                                          booklab_base=self.booklab_url(), **ns)
+        self.finish(html)
+
+    def booklab_static(self, path: str) -> str:
+        version = web.StaticFileHandler.get_version({"static_path": STATIC_DIR}, path)
+        return self.booklab_url("static", path) + (f"?v={version}" if version else "")
+
+
+def gitlab_status(e: GitLabError) -> int:
+    """HTTP status for our JSON answers when GitLab failed (never GitLab's 5xx body)."""
+    if e.status in (401, 403, 404):
+        return e.status
+    return 502

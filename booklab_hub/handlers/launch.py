@@ -1,0 +1,135 @@
+"""Starting a named server for (project, ref): the picker's form and launch links.
+
+Launch links are Binder-compatible::
+
+    /hub/booklab/v2/gl/<url-escaped project path>/<ref>?labpath=notebook.ipynb
+
+Both paths validate their input, start the server through JupyterHub (so
+its state, the proxy and the spawn-pending machinery stay the hub's) and send
+the person to the build-log page, which follows them into the server when it
+is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote, urlencode
+
+from jupyterhub.utils import url_escape_path, url_path_join
+from tornado import web
+
+from booklab_spawner import validate as check
+from booklab_spawner.exceptions import InvalidInput
+from booklab_spawner.names import server_name
+
+from .base import BooklabHandler
+
+# how long a launch request waits for early failures (GitLab refusing the ref,
+# ...) before it sends the person to the build page; the spawn goes on regardless
+EARLY_FAILURE_WAIT = 3.0
+
+
+def target_path(urlpath: str = "", labpath: str = "", filepath: str = "") -> str:
+    """Where to go inside the server once it is ready, relative to its root.
+
+    Binder's parameters: ``urlpath`` as given, ``labpath``/``filepath`` open
+    that file in JupyterLab. Refuses paths that try to leave the server.
+    """
+    if urlpath:
+        path = urlpath
+    elif labpath or filepath:
+        path = "lab/tree/" + (labpath or filepath).lstrip("/")
+    else:
+        return ""
+    path = path.lstrip("/")
+    if len(path) > 2000 or "\\" in path or any(ord(ch) < 32 for ch in path):
+        raise InvalidInput("The path to open in the server is invalid")
+    if ".." in path.split("?", 1)[0].split("/"):
+        raise InvalidInput("The path to open in the server may not contain '..'")
+    return path
+
+
+def launch_error_message(exc: BaseException) -> str:
+    """A sentence for the person; details stay in the hub's log."""
+    message = getattr(exc, "jupyterhub_message", None)
+    if message:
+        return message
+    if isinstance(exc, web.HTTPError) and exc.status_code == 403:
+        return "Your login has expired: log out and log in again"
+    if isinstance(exc, web.HTTPError) and exc.log_message:
+        return exc.log_message % exc.args if exc.args else exc.log_message
+    return "The launch failed; ask your Booklab administrator to look at the hub's log"
+
+
+class LaunchMixin(BooklabHandler):
+    """Start (or find) the server for (project, ref) and say where to send the person."""
+
+    async def launch(self, project: str, ref: str, target: str = "") -> str:
+        """Returns the URL to redirect to; raises InvalidInput with a readable message."""
+        project, ref = check.project_path(project), check.ref(ref)
+        user = self.current_user
+        name = server_name(project, ref)
+        await self._check_named_server_request(user, name, name)
+        spawner = user.get_or_create_spawner(name, f"{project}@{ref}"[:255],
+                                             replace_failed=True)
+        if spawner.ready:
+            return url_path_join(user.url, url_escape_path(name), target) or "/"
+        if spawner.pending == "stop":
+            raise InvalidInput("This server is still stopping; try again in a moment")
+        if not spawner.pending:
+            await self._start(user, name, {"project": project, "ref": ref})
+        return self.build_page_url(user.name, name, target)
+
+    async def _start(self, user, name: str, options: dict[str, str]) -> None:
+        spawn = asyncio.ensure_future(self.spawn_single_user(user, name, options=options))
+        done, _ = await asyncio.wait({spawn}, timeout=EARLY_FAILURE_WAIT)
+        if spawn in done and spawn.exception() is not None:
+            exc = spawn.exception()
+            self.log.warning("Launch of %s:%s failed: %s", user.name, name, exc)
+            raise InvalidInput(launch_error_message(exc))
+        if spawn not in done:
+            spawn.add_done_callback(self._log_late_failure)
+
+    def _log_late_failure(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.log.info("Launch failed after the build page took over: %s", fut.exception())
+
+    def build_page_url(self, user_name: str, name: str, target: str = "") -> str:
+        url = self.booklab_url("build", quote(user_name, safe=""), name)
+        return url + ("?" + urlencode({"next": target}) if target else "")
+
+
+class LaunchFormHandler(LaunchMixin):
+    """POST from the picker: project, ref or commit sha (XSRF-checked by the hub)."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        project = self.get_body_argument("project", "")
+        sha = self.get_body_argument("sha", "").strip().lower()
+        ref = sha or self.get_body_argument("ref", "")
+        try:
+            if sha and not check.is_sha(sha):
+                raise InvalidInput("A commit sha is 7 to 64 hexadecimal characters")
+            url = await self.launch(project, ref)
+        except InvalidInput as e:
+            self.set_status(400)
+            await self.render_page("error.html", title="Cannot launch", message=str(e))
+            return
+        self.redirect(url)
+
+
+class LaunchLinkHandler(LaunchMixin):
+    """GET /hub/booklab/v2/gl/<project>/<ref>: the shareable launch link."""
+
+    @web.authenticated  # logged-out visitors go through login and come back here
+    async def get(self, project: str, ref: str) -> None:
+        try:
+            target = target_path(self.get_argument("urlpath", ""),
+                                 self.get_argument("labpath", ""),
+                                 self.get_argument("filepath", ""))
+            url = await self.launch(project, ref, target)
+        except InvalidInput as e:
+            self.set_status(400)
+            await self.render_page("error.html", title="Cannot launch", message=str(e))
+            return
+        self.redirect(url)
