@@ -111,6 +111,7 @@ class Runner:
                 continue
             if job_id is not None and await self._take(job_id):
                 await self.store.announce_positions()
+                await self.publish_info()
 
     async def _take(self, job_id: str) -> bool:
         try:
@@ -158,8 +159,13 @@ class Runner:
                     return
                 prefix = conf.image_prefix
             await self.images.evict(prefix)
+            await self.publish_info()
         except Exception as e:  # the cache is best effort; launches go on
             log.warning("image eviction failed: %s", e)
+
+    async def publish_info(self) -> None:
+        """Update ``runner:<id>`` now rather than at the next heartbeat."""
+        await self.redis.hset(self.keys.runner(self.runner_id), mapping=self.info())
 
     async def command_loop(self) -> None:
         key = self.keys.commands(self.runner_id)
