@@ -110,6 +110,11 @@ class BooklabGitLabAuthenticator(GitLabOAuthenticator):
         return locks.setdefault(name, asyncio.Lock())
 
     async def refresh_user(self, user, handler=None, **kwargs):
+        if handler is not None and not hasattr(handler, "_token_authenticated"):
+            # JupyterHub 6.1 reads this attribute when a refresh fails, but sets it only
+            # for token-authenticated requests: a browser session would get a 500 and
+            # the spawn page would retry without the user's options
+            handler._token_authenticated = False
         async with self._user_lock(user.name):
             auth_state = await user.get_auth_state()
             if auth_state and self._expires_soon(auth_state):

@@ -52,7 +52,19 @@ _SECRET_ENV_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 # which timeout watches a job in each state
 _PHASE_OF = {QUEUED: "queue", CLAIMED: "build", FETCHING: "build", BUILDING: "build",
              STARTING: "start"}
+_OPTIONS_FORM = """
+<label for="booklab-project">GitLab project</label>
+<input class="form-control" id="booklab-project" name="project" placeholder="group/project"
+       required maxlength="1020">
+<label for="booklab-ref">Branch, tag or commit</label>
+<input class="form-control" id="booklab-ref" name="ref" value="HEAD" maxlength="255">
+"""
 BUILD_GRACE = 120  # s the hub waits beyond build_timeout (the runner enforces it first)
+
+
+def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
+    """user_options are validated in start(), where a refusal has a clear message (and
+    JupyterHub would log a traceback for an error raised here)."""
 
 
 class SpawnFailed(web.HTTPError):
@@ -218,6 +230,15 @@ class BooklabSpawner(Spawner):
         self._job_event = None
 
     # -- options ------------------------------------------------------------------
+    @default("options_form")
+    def _default_options_form(self) -> str:
+        # the plain form behind /hub/spawn; Booklab's picker pages link here with options
+        return _OPTIONS_FORM
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return _options_checked_in_start
+
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
         return {name: formdata[name][0] for name in ("project", "ref") if formdata.get(name)}
 

@@ -25,6 +25,7 @@ def hb_gitlab(demo_gitlab):
     """demo_gitlab plus maria, Maintainer of demo/hello (alice is Developer, bob nothing)."""
     demo_gitlab.add_user("maria", password="maria-pw", name="Maria")
     demo_gitlab.add_member("demo/hello", "maria", MAINTAINER)
+    demo_gitlab.add_user("admin", password="admin-pw", name="Hub Admin")
     return demo_gitlab
 
 
@@ -33,7 +34,8 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
     """``make_hub(overrides)`` starts a hub on a fresh key prefix; all stop at teardown."""
     hubs: list[Hub] = []
 
-    def make(overrides: dict | None = None, start: bool = True) -> Hub:
+    def make(overrides: dict | None = None, start: bool = True, extra_config: str = ""
+             ) -> Hub:
         prefix = f"hb{secrets.token_hex(3)}:"
         base = {"redis": {"key_prefix": prefix},
                 "runners": {"image_prefix": HB_IMAGE_PREFIX, "queue_timeout": 120}}
@@ -42,6 +44,7 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
         workdir = tmp_path / f"hub{len(hubs)}"
         workdir.mkdir()
         hub = Hub(workdir, hb_gitlab, redis_server.url, runner_token, overrides=base)
+        hub.extra_config = extra_config
         hubs.append(hub)
         return hub.start() if start else hub
 

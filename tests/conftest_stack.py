@@ -129,6 +129,7 @@ class Hub:
             "BOOKLAB_RUNNER_TOKEN": runner_token,
         }
         self.process: Process | None = None
+        self.extra_config = ""  # more lines for the hub's config file (tests only)
 
     def write_config(self) -> None:
         (self.workdir / "config.yml").write_text(yaml.safe_dump(self.config))
@@ -140,7 +141,7 @@ c.JupyterHub.load_roles = [{{"name": "booklab-test", "services": ["booklab-test"
     "scopes": ["admin:users", "admin:servers", "tokens", "read:users",
                "admin:auth_state", "admin:server_state"]}}]
 c.JupyterHub.log_level = "DEBUG"
-""")
+""" + self.extra_config)
 
     def start(self) -> Hub:
         self.write_config()
