@@ -1,0 +1,149 @@
+"""A server's life seen through the hub (real hub, runner, Docker): progress on the
+pending page's event stream in order, reattaching after a hub restart, a container
+that dies, and who may see and control whose server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+from docker.errors import NotFound
+
+from tests.conftest_hub import (
+    jobs_of,
+    progress_events,
+    server_model,
+    start_server,
+    wait_gone,
+    wait_ready,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+FAST_POLL = "c.BooklabSpawner.poll_interval = 2\n"
+
+
+def contents(hub, user: str, server: str, token: str) -> requests.Response:
+    return requests.get(hub.proxied(f"/user/{user}/{server}/api/contents"),
+                        headers={"Authorization": f"token {token}"}, timeout=30)
+
+
+def container_of(docker_client, runner) -> object:
+    (c,) = docker_client.containers.list(filters={"label": f"org.booklab.runner="
+                                                  f"{runner.runner_id}"})
+    return c
+
+
+def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_runner,
+                                                                  redis_server):
+    hub = make_hub()
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    # no runner yet: the launch waits in the queue while the pending page connects
+    r = start_server(hub, "alice", "hello", token)
+    assert r.status_code in (201, 202), r.text
+    streams: dict[str, list[dict]] = {}
+
+    def read(name: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: streams.__setitem__(
+            name, progress_events(hub, "alice", "hello", token=token)))
+        t.start()
+        return t
+
+    first = read("first")
+    hb_runner(hub)
+    # a second page opened while the job runs sees the log from the start too
+    wait_until(lambda: [j for j in jobs_of(redis_server, hub, "alice", "hello")
+                        if j["state"] != "queued"], 300, "claim")
+    second = read("second")
+    first.join(600)
+    second.join(600)
+    wait_ready(hub, "alice", "hello")
+
+    events = streams["first"]
+    assert events[-1]["ready"] is True and events[-1]["progress"] == 100
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress), progress  # never goes backwards
+    phases = [e.get("phase") for e in events[1:-1]]  # [0] is JupyterHub's "requested"
+    order = ["queued", "claimed", "fetching", "building", "starting", "running"]
+    seen = list(dict.fromkeys(phases))
+    assert seen == [p for p in order if p in seen], phases
+    assert {"queued", "claimed", "fetching", "starting", "running"} <= set(seen), phases
+    assert events[1]["message"] == "Queued, waiting for a runner"
+    if len(streams["second"]) > 2:  # unless it connected only after the server was up
+        assert streams["second"][1]["message"] == "Queued, waiting for a runner"
+        assert streams["second"][-1]["ready"] is True
+    # once ready, the stream only says so
+    late = progress_events(hub, "alice", "hello", token=token)
+    assert len(late) == 1 and late[0]["ready"] is True
+    hub.api("DELETE", "/users/alice/servers/hello")
+    wait_gone(hub, "alice", "hello")
+
+
+def test_hub_restart_mid_run_reattaches_and_the_server_still_stops(
+        make_hub, hb_runner, docker_client, redis_server):
+    hub = make_hub()
+    runner = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    assert start_server(hub, "alice", "hello", token).status_code in (201, 202)
+    wait_ready(hub, "alice", "hello")
+    container = container_of(docker_client, runner)
+    assert contents(hub, "alice", "hello", token).status_code == 200
+
+    hub.restart()  # a new hub process and a new proxy: same database, same Redis
+
+    srv = server_model(hub, "alice", "hello")
+    assert srv and srv["ready"], srv
+    r = wait_until(lambda: (lambda x: x if x.status_code == 200 else None)(
+        contents(hub, "alice", "hello", token)), 60, "notebook reachable after restart")
+    assert "README.md" in {item["name"] for item in r.json()["content"]}
+    assert docker_client.containers.get(container.id).status == "running"
+
+    assert hub.api("DELETE", "/users/alice/servers/hello").status_code in (202, 204)
+    wait_gone(hub, "alice", "hello")
+    with pytest.raises(NotFound):
+        docker_client.containers.get(container.id)
+    assert jobs_of(redis_server, hub, "alice", "hello")[0]["state"] == "stopped"
+
+
+def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_client,
+                                               redis_server):
+    hub = make_hub(extra_config=FAST_POLL)
+    runner = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    assert start_server(hub, "alice", "hello", token).status_code in (201, 202)
+    wait_ready(hub, "alice", "hello")
+    container_of(docker_client, runner).kill()
+    wait_gone(hub, "alice", "hello", timeout=120)  # poll() saw the job end
+    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    assert job["state"] == "failed" and job["error"], job
+
+
+def test_users_see_and_control_only_their_own_servers(make_hub, redis_server):
+    hub = make_hub()
+    hub.login("alice", "alice-pw")
+    alice = hub.user_token("alice")
+    assert start_server(hub, "alice", "hello", alice).status_code in (201, 202)
+    wait_until(lambda: jobs_of(redis_server, hub, "alice", "hello"), 30, "job")
+    hub.login("bob", "bob-pw")
+    bob = hub.user_token("bob")
+    for method, path in (("GET", "/users/alice"), ("GET", "/users"),
+                         ("GET", "/users/alice/servers/hello/progress"),
+                         ("POST", "/users/alice/servers/other"),
+                         ("DELETE", "/users/alice/servers/hello")):
+        r = hub.api(method, path, token=bob, json={} if method == "POST" else None)
+        assert r.status_code in (403, 404) or (path == "/users" and [
+            u["name"] for u in r.json()] == ["bob"]), (method, path, r.status_code, r.text)
+    assert server_model(hub, "alice", "hello")["pending"] == "spawn"  # untouched
+    # an admin sees every user's servers and may stop them
+    hub.login("admin", "admin-pw")
+    admin = hub.user_token("admin")
+    users = {u["name"]: u for u in hub.api("GET", "/users", token=admin).json()}
+    assert "hello" in users["alice"]["servers"]
+    assert hub.api("DELETE", "/users/alice/servers/hello", token=admin).status_code in (202,
+                                                                                         204)
+    wait_gone(hub, "alice", "hello")
