@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 from jupyterhub.spawner import Spawner
-from tornado import web
 from traitlets import Enum, Float, Integer, Unicode, default, validate
 
 from . import conf as confmod
 from . import deploykeys
 from . import validate as check
+from .credentials import CloneCredentials, SpawnFailed
 from .crypto import SecretBox, check_runner_token
 from .exceptions import GitLabError, InvalidInput, InvalidTransition
 from .gitlab import GitLabClient
@@ -67,22 +67,7 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class SpawnFailed(web.HTTPError):
-    """A launch failed for a reason the user can read on the spawn page.
-
-    An HTTPError so that the REST API answers with ``status`` (400 for refused
-    input) and JupyterHub shows ``jupyterhub_message`` on the spawn page.
-    """
-
-    def __init__(self, message: str, status: int = 500):
-        super().__init__(status, message.replace("%", "%%"))
-        self.jupyterhub_message = message
-
-    def __str__(self) -> str:
-        return self.jupyterhub_message
-
-
-class BooklabSpawner(Spawner):
+class BooklabSpawner(CloneCredentials, Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -263,19 +248,12 @@ class BooklabSpawner(Spawner):
             if key_id:
                 await deploykeys.remove(gitlab, project["id"], key_id)
             raise
-        return await self._wait_until_running(job_id)
-
-    async def _gitlab_token(self) -> tuple[str, list[str]]:
-        """The user's GitLab token (refreshed if it expires soon) and its scopes."""
-        fresh = getattr(self.authenticator, "fresh_token", None)
-        token = await fresh(self.user) if fresh else None
-        auth_state = await self.user.get_auth_state() or {}
-        token = token or auth_state.get("access_token")
-        if not token:
-            raise SpawnFailed("Booklab has no valid GitLab token for you: log out and "
-                              "log in again", 403)
-        scopes = auth_state.get("scope") or []
-        return token, scopes if isinstance(scopes, list) else str(scopes).split()
+        try:
+            return await self._wait_until_running(job_id)
+        except Exception:
+            # JupyterHub calls stop() only for a server poll() says is running
+            await self._release_deploy_key()
+            raise
 
     async def _resolve(self, gitlab: GitLabClient, project_path: str,
                        ref: str) -> tuple[dict, str]:
@@ -289,41 +267,6 @@ class BooklabSpawner(Spawner):
         sha = check.commit_sha(commit["id"])
         self.log.info("Launching %s@%s (%s) for %s", project_path, ref, sha[:12], self._log_name)
         return project, sha
-
-    async def _clone_credential(self, gitlab: GitLabClient, project: dict, job_id: str,
-                                token: str, scopes: list[str]) -> tuple[dict, int | None]:
-        """A read-only deploy key when allowed and possible, else the user's token."""
-        if not self._use_deploy_key(project, scopes):
-            return {"method": "token", "username": "oauth2", "password": token}, None
-        await deploykeys.remove_stale(gitlab, project["id"], self.store)
-        private, public = await asyncio.to_thread(deploykeys.generate_keypair)
-        title = deploykeys.title(self.user.name, self.name, job_id)
-        try:
-            key_id = await deploykeys.add(gitlab, project["id"], title, public)
-        except GitLabError as e:
-            self.log.warning("Deploy key for %s refused: %s", project["path_with_namespace"], e)
-            if self.clone_method == "auto":
-                return {"method": "token", "username": "oauth2", "password": token}, None
-            raise SpawnFailed(f"GitLab refused to add a read-only deploy key to "
-                              f"{project['path_with_namespace']} ({e})", 403) from None
-        self.log.info("Added deploy key %s (%s)", key_id, title)
-        return {"method": "ssh", "private_key": private}, key_id
-
-    def _use_deploy_key(self, project: dict, scopes: list[str]) -> bool:
-        if self.clone_method == "token":
-            return False
-        maintainer = deploykeys.access_level(project) >= deploykeys.MAINTAINER
-        possible = maintainer and "api" in scopes and bool(project.get("ssh_url_to_repo"))
-        if possible or self.clone_method == "auto":
-            return possible
-        path = project["path_with_namespace"]
-        if not maintainer:
-            raise SpawnFailed(
-                f"This hub clones with read-only deploy keys, which need the Maintainer role "
-                f"on {path}: ask a maintainer of {path} to launch it for you, or the hub's "
-                "operator to allow token cloning (gitlab.clone_method: auto)", 403)
-        raise SpawnFailed("Your GitLab login lacks the 'api' scope needed for deploy keys: "
-                          "log out and log in again", 403)
 
     async def _create_job(self, job_id: str, project: dict, ref: str, sha: str,
                           clone: dict, key_id: int | None) -> None:
@@ -423,6 +366,8 @@ class BooklabSpawner(Spawner):
         store = self.store
         job = await store.redis.hgetall(self.keys.job(self.job_id))
         state = job.get("state")
+        if state in (None, *TERMINAL):
+            await self._release_deploy_key(job)  # stop() will not be called for it
         if state is None or state == STOPPED:
             return 0
         if state == FAILED:
@@ -445,8 +390,7 @@ class BooklabSpawner(Spawner):
         job = await self.store.redis.hgetall(self.keys.job(self.job_id))
         if job.get("state") not in (None, *TERMINAL):
             await self._stop_job(self.job_id, job)
-        if job.get("deploy_key_id"):
-            await self._remove_deploy_key(job)
+        await self._release_deploy_key(job)
 
     async def _stop_job(self, job_id: str, job: dict[str, str]) -> None:
         store = self.store
@@ -475,18 +419,6 @@ class BooklabSpawner(Spawner):
                 if not await is_alive(self.store.redis, self.keys, job.get("runner", "")):
                     await self._fail(f"Runner {job.get('runner')} is gone; container state unknown")
                     return
-
-    async def _remove_deploy_key(self, job: dict[str, str]) -> None:
-        """Delete the job's deploy key with the user's (refreshed) token."""
-        try:
-            token, _ = await self._gitlab_token()
-        except SpawnFailed:
-            self.log.warning("No GitLab token for %s: deploy key %s of job %s stays until "
-                             "the next cleanup", self._log_name, job["deploy_key_id"], job["id"])
-            return
-        gitlab = GitLabClient(self.gitlab_url, token)
-        if await deploykeys.remove(gitlab, job["project_id"], job["deploy_key_id"]):
-            self.log.info("Removed deploy key %s of job %s", job["deploy_key_id"], job["id"])
 
     # -- progress ----------------------------------------------------------------------
     async def progress(self):

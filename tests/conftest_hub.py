@@ -23,10 +23,14 @@ MAINTAINER, DEVELOPER = 40, 30
 @pytest.fixture
 def hb_gitlab(demo_gitlab):
     """demo_gitlab plus maria, Maintainer of demo/hello (alice is Developer, bob nothing)."""
-    demo_gitlab.add_user("maria", password="maria-pw", name="Maria")
-    demo_gitlab.add_member("demo/hello", "maria", MAINTAINER)
-    demo_gitlab.add_user("admin", password="admin-pw", name="Hub Admin")
-    return demo_gitlab
+    return add_hub_users(demo_gitlab)
+
+
+def add_hub_users(gitlab):
+    gitlab.add_user("maria", password="maria-pw", name="Maria")
+    gitlab.add_member("demo/hello", "maria", MAINTAINER)
+    gitlab.add_user("admin", password="admin-pw", name="Hub Admin")
+    return gitlab
 
 
 @pytest.fixture

@@ -215,6 +215,11 @@ def runner_token() -> str:
 @pytest.fixture
 def demo_gitlab(gitlab):
     """The GitLab double with alice (Developer on demo/hello) and bob (no access)."""
+    return seed_demo(gitlab)
+
+
+def seed_demo(gitlab):
+    """Add alice (Developer on demo/hello, a Dockerfile project) and bob (no access)."""
     gitlab.add_user("alice", password="alice-pw", name="Alice")
     gitlab.add_user("bob", password="bob-pw", name="Bob")
     gitlab.add_project("demo/hello", files={

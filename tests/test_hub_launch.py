@@ -182,3 +182,13 @@ def _public_of(private_pem: str) -> str:
     key = serialization.load_ssh_private_key(private_pem.encode(), password=None)
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH).decode()
+
+
+def test_a_failed_launch_removes_its_deploy_key(make_hub, hb_gitlab, redis_server):
+    hub = make_hub({"runners": {"queue_timeout": 3}})
+    hub.login("maria", "maria-pw")
+    r = start_server(hub, "maria", "hello", hub.user_token("maria"))
+    assert spawn_error(hub, "maria", "hello", r).startswith("No runner took the job")
+    (job,) = jobs_of(redis_server, hub, "maria", "hello")
+    assert job["clone_method"] == "ssh" and job["state"] == "failed"
+    wait_until(lambda: hb_gitlab.deploy_keys("demo/hello") == [], 30, "deploy key removed")
