@@ -166,8 +166,6 @@ class JobStore:
     async def create(self, job_id: str, fields: dict[str, Any], secret_blob: str) -> None:
         """Write a new job record in state ``queued`` plus its encrypted secrets, and queue it."""
         now = str(time.time())
-        position = await self.redis.llen(self.keys.queue) + 1
-        message = f"Queued, waiting for a runner (position {position} in the queue)"
         record = {k: _encode(v) for k, v in fields.items()}
         record.update(id=job_id, state=QUEUED, created=now, updated=now)
         k = self.keys
@@ -175,7 +173,7 @@ class JobStore:
             pipe.hset(k.job(job_id), mapping=record)
             pipe.set(k.token(job_id), secret_blob, ex=JOB_TTL)
             pipe.hset(k.status, job_id, QUEUED)
-            pipe.xadd(k.log(job_id), _state_entry(QUEUED, message, now),
+            pipe.xadd(k.log(job_id), _state_entry(QUEUED, "Queued, waiting for a runner", now),
                       maxlen=LOG_MAXLEN, approximate=True)
             pipe.lpush(k.queue, job_id)
             await pipe.execute()

@@ -76,7 +76,7 @@ async def test_runner_without_a_free_slot_claims_nothing(
     await asyncio.sleep(8)
     assert (await launcher.store.get(second))["state"] == "queued"
     assert await redis.lrange(keys.queue, 0, -1) == [second]
-    assert "position 1 in the queue" in await launcher.log_text(second)
+    assert await launcher.store.queue_position(second) == 1
 
     await launcher.stop(first)  # the slot frees: the waiting job is taken at once
     job = await launcher.wait_state(second, "running")
