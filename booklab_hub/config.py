@@ -262,3 +262,46 @@ def check_crypt_key(environ: dict[str, str] | None = None) -> None:
         raise ConfigError(
             "JUPYTERHUB_CRYPT_KEY is not set: Booklab keeps each user's GitLab token in "
             "JupyterHub's encrypted auth state (generate a key with: openssl rand -hex 32)")
+
+
+_DOC_HEAD = """# Configuration reference
+
+Booklab's hub reads one file, `config.yml` (or the file named by
+`$BOOKLAB_CONFIG`). Keys are grouped in sections; a dotted name such as
+`gitlab.url` means `url:` under `gitlab:`. An unknown key or a bad value stops
+the hub at start with a message naming the key. Secrets may come from the
+environment instead of the file (the variable wins). `JUPYTERHUB_CRYPT_KEY`
+must always be set: it encrypts each user's GitLab token in the hub's database.
+
+This page is generated from `booklab_hub/config.py` (`SETTINGS`):
+`python -m booklab_hub.config > docs/configuration.md`.
+"""
+
+
+def _show_default(s: Setting) -> str:
+    if s.secret and not s.default:
+        return "*(none)*"
+    if s.default in ("", []):
+        return "*(empty)*"
+    shown = yaml.safe_dump(s.default, default_flow_style=True).strip()
+    return f"`{shown.removesuffix('...').strip()}`"
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, from SETTINGS."""
+    out = [_DOC_HEAD]
+    section = None
+    for s in SETTINGS:
+        head = s.name.split(".")[0]
+        if head != section:
+            section = head
+            out.append(f"\n## `{head}`\n\n| key | default | environment | meaning |\n"
+                       "|---|---|---|---|")
+        env = f"`${s.env}`" if s.env else ""
+        text = s.help.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        out.append(f"| `{s.name}` | {_show_default(s)} | {env} | {text} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -97,3 +97,58 @@ def test_hub_config_exit_message_names_the_key(tmp_path):
            "PATH": "/usr/bin:/bin", "JUPYTERHUB_CRYPT_KEY": "k" * 64}
     r = run_hub_config(tmp_path, env)
     assert r.returncode != 0 and "runners.token" in r.stderr
+
+
+def test_configuration_reference_is_generated_from_settings():
+    """docs/configuration.md lists every key with its help (regenerate: python -m
+    booklab_hub.config > docs/configuration.md)."""
+    from booklab_hub.config import reference_markdown
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert doc == reference_markdown()
+    for s in SETTINGS:
+        assert f"| `{s.name}` |" in doc
+
+
+@pytest.mark.parametrize("method", ["auto", "deploy_key", "token"])
+def test_clone_method_reaches_spawner_and_authenticator(tmp_path, method):
+    from traitlets.config import Config
+
+    from booklab_hub.auth import SCOPES, BooklabGitLabAuthenticator
+    from booklab_hub.config import apply
+    from booklab_spawner.spawner import BooklabSpawner
+
+    c = Config()
+    apply(c, load(write(tmp_path, {**GOOD, "gitlab": {**GOOD["gitlab"],
+                                                      "clone_method": method}}), environ={}))
+    auth = BooklabGitLabAuthenticator(config=c)
+    assert auth.clone_method == method and auth.scope == SCOPES[method]
+    assert auth.enable_auth_state and auth.refresh_pre_spawn and auth.refresh_pre_stop
+    spawner = BooklabSpawner(config=c)
+    assert spawner.clone_method == method
+    assert c.JupyterHub.cleanup_servers is False  # a hub restart keeps the notebooks
+
+
+def test_clone_method_is_checked(tmp_path):
+    data = {**GOOD, "gitlab": {**GOOD["gitlab"], "clone_method": "ssh"}}
+    with pytest.raises(ConfigError, match="gitlab.clone_method must be one of"):
+        load(write(tmp_path, data), environ={})
+
+
+def test_timeouts_map_onto_the_spawner_and_bound_jupyterhubs_own(tmp_path):
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+    from booklab_spawner.spawner import BUILD_GRACE, BooklabSpawner
+
+    c = Config()
+    runners = {**GOOD["runners"], "queue_timeout": 30, "build_timeout": 900,
+               "container_start_timeout": 45}
+    apply(c, load(write(tmp_path, {**GOOD, "runners": runners}), environ={}))
+    spawner = BooklabSpawner(config=c)
+    assert (spawner.queue_timeout, spawner.build_timeout,
+            spawner.container_start_timeout) == (30, 900, 45)
+    # JupyterHub's own limit outlasts ours, so our message (which phase, why) wins
+    assert spawner.start_timeout > 30 + 900 + BUILD_GRACE + 45
+    with pytest.raises(Exception, match="queue_timeout must be greater than 0"):
+        BooklabSpawner(queue_timeout=0)
