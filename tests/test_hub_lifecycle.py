@@ -14,6 +14,7 @@ from tests.conftest_hub import (
     jobs_of,
     progress_events,
     server_model,
+    spawn_error,
     start_server,
     wait_gone,
     wait_ready,
@@ -147,3 +148,34 @@ def test_users_see_and_control_only_their_own_servers(make_hub, redis_server):
     assert hub.api("DELETE", "/users/alice/servers/hello", token=admin).status_code in (202,
                                                                                          204)
     wait_gone(hub, "alice", "hello")
+
+
+def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner, redis_server):
+    hub = make_hub(extra_config=FAST_POLL)
+    runner = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    assert start_server(hub, "alice", "hello", hub.user_token("alice")).status_code in (201,
+                                                                                        202)
+    wait_ready(hub, "alice", "hello")
+    runner.stop(sig=9)  # a crash: no goodbye, the heartbeat just expires (30 s)
+    wait_gone(hub, "alice", "hello", timeout=180)
+    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    assert job["state"] == "failed", job
+    assert job["error"] == f"Runner {runner.runner_id} stopped answering (no heartbeat)"
+
+
+def test_container_start_timeout_says_which_phase_and_what_to_check(
+        make_hub, hb_runner, docker_client, redis_server):
+    # a notebook command that never listens
+    hub = make_hub({"runners": {"container_start_timeout": 8}},
+                   extra_config='c.BooklabSpawner.cmd = ["sh", "-c", "sleep 600", "sh"]\n')
+    runner = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    r = start_server(hub, "alice", "hello", hub.user_token("alice"))
+    message = spawn_error(hub, "alice", "hello", r, timeout=600)
+    assert message.startswith("The notebook server did not start within the container "
+                              "start timeout (8 s)"), message
+    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    assert job["state"] == "failed" and job["error"] == message
+    wait_until(lambda: not docker_client.containers.list(
+        filters={"label": f"org.booklab.runner={runner.runner_id}"}), 60, "container removed")
