@@ -8,11 +8,13 @@ with ``booklab-pg/``; both are removed at the end of the session.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 import redis as syncredis
+from docker.errors import APIError
 
 from tests.conftest_stack import (
     DEMO_DOCKERFILE,
@@ -24,7 +26,8 @@ from tests.conftest_stack import (
 from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
 
 PAGES_IMAGE_PREFIX = "booklab-pg/"
-PAGES_RUNNER = "pg-runner-1"
+# one id per test process: other sessions may run these tests on the same Docker
+PAGES_RUNNER = f"pg-runner-{os.getpid()}"
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -91,12 +94,15 @@ def pages_docker():
     client = require_docker()
     require_image(client)
     yield client
-    for c in client.containers.list(all=True, filters={"label": "org.booklab.job"}):
-        if c.labels.get("org.booklab.runner", "").startswith("pg-"):
-            c.remove(force=True)
+    for c in client.containers.list(
+            all=True, filters={"label": f"org.booklab.runner={PAGES_RUNNER}"}):
+        c.remove(force=True)
     for image in client.images.list():
-        if any(t.startswith(PAGES_IMAGE_PREFIX) for t in image.tags):
-            client.images.remove(image.id, force=True)
+        for tag in [t for t in image.tags if t.startswith(PAGES_IMAGE_PREFIX)]:
+            try:
+                client.images.remove(tag)
+            except APIError:
+                pass  # in use by a concurrent session's container: it cleans up itself
 
 
 @pytest.fixture

@@ -44,6 +44,10 @@ def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, 
     expect(page.locator("#page-label")).to_have_text("Page 2")
     expect(items).to_have_count(N_SCRATCH + 3 - 20)
     page.click("#prev-page")
+    expect(page.locator("#page-label")).to_have_text("Page 1")
+    items.first.click()
+    page.locator("#ref-select").select_option("dev")
+    save_screenshot(page, "picker.png")
 
     # GitLab data is shown as text, never as HTML
     page.fill("#project-search", "escaping")
@@ -64,7 +68,6 @@ def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, 
     link = page.locator("#launch-link")
     expect(link).to_have_value(re.compile(r"/hub/booklab/v2/gl/demo%2Fhello/dev$"))
     expect(page.locator("#badge-markdown")).to_have_value(re.compile(r"^\[!\[Launch on Booklab"))
-    save_screenshot(page, "picker.png")
 
     page.click("#launch-button")
     page.wait_for_url(re.compile(r"/hub/booklab/(build|jobs)/"))
@@ -89,7 +92,8 @@ def test_launch_link_logged_out_goes_through_login_to_labpath(
     sign_in_at_gitlab(page, "alice", "alice-pw")
     page.wait_for_url(re.compile(r"/user/alice/hello-main-[0-9a-f]{6}/lab/tree/hello\.ipynb"),
                       timeout=LAB_TIMEOUT)
-    expect(page.get_by_text("Hello from Booklab").first).to_be_visible(timeout=LAB_TIMEOUT)
+    notebook = page.locator(".jp-NotebookPanel .jp-RenderedMarkdown h1")
+    expect(notebook).to_contain_text("Hello from Booklab", timeout=LAB_TIMEOUT)
 
 
 def test_failing_build_shows_its_reason(pages_hub, pages_runner, browser_page):

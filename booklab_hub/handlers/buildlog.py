@@ -83,7 +83,8 @@ class JobPageHandler(BuildViewer):
         await self.render_page(
             "build.html", title=f"{job.get('project', '')} @ {job.get('ref', '')}",
             job=job, owner=job.get("user", ""), server=job.get("server_name", ""),
-            auto_open=False,
+            auto_open=self.get_argument("follow", "") == "1"
+            and job.get("user") == self.current_user.name,
             next_path=_safe_next(self.get_argument("next", "")),
             events_url=self.booklab_url("api/jobs", job_id, "events"))
 

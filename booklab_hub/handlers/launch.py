@@ -24,8 +24,9 @@ from booklab_spawner.names import server_name
 
 from .base import BooklabHandler
 
-# how long a launch request waits for early failures (GitLab refusing the ref,
-# ...) before it sends the person to the build page; the spawn goes on regardless
+# how long a launch request waits for the job to be queued (or for an early
+# failure: GitLab refusing the ref, ...) before it sends the person to the
+# build page; the spawn goes on regardless
 EARLY_FAILURE_WAIT = 3.0
 
 
@@ -76,23 +77,37 @@ class LaunchMixin(BooklabHandler):
             return url_path_join(user.url, url_escape_path(name), target) or "/"
         if spawner.pending == "stop":
             raise InvalidInput("This server is still stopping; try again in a moment")
+        job_id = spawner.job_id if spawner.pending else None
         if not spawner.pending:
-            await self._start(user, name, {"project": project, "ref": ref})
+            job_id = await self._start(user, spawner, {"project": project, "ref": ref})
+        if job_id:
+            return self.job_page_url(job_id, target)
         return self.build_page_url(user.name, name, target)
 
-    async def _start(self, user, name: str, options: dict[str, str]) -> None:
-        spawn = asyncio.ensure_future(self.spawn_single_user(user, name, options=options))
-        done, _ = await asyncio.wait({spawn}, timeout=EARLY_FAILURE_WAIT)
-        if spawn in done and spawn.exception() is not None:
+    async def _start(self, user, spawner, options: dict[str, str]) -> str | None:
+        """Start the spawn; wait briefly for its job id, or for an early failure."""
+        spawn = asyncio.ensure_future(
+            self.spawn_single_user(user, spawner.name, options=options))
+        deadline = asyncio.get_running_loop().time() + EARLY_FAILURE_WAIT
+        while not spawn.done() and not spawner.job_id \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait({spawn}, timeout=0.1)
+        job_id = spawner.job_id
+        if spawn.done() and spawn.exception() is not None and not job_id:
             exc = spawn.exception()
-            self.log.warning("Launch of %s:%s failed: %s", user.name, name, exc)
+            self.log.warning("Launch of %s failed: %s", spawner._log_name, exc)
             raise InvalidInput(launch_error_message(exc))
-        if spawn not in done:
-            spawn.add_done_callback(self._log_late_failure)
+        spawn.add_done_callback(self._log_late_failure)
+        return job_id
 
     def _log_late_failure(self, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             self.log.info("Launch failed after the build page took over: %s", fut.exception())
+
+    def job_page_url(self, job_id: str, target: str = "") -> str:
+        """The job's log page, told to follow the person into the server when ready."""
+        return self.booklab_url("jobs", job_id) + "?" + urlencode(
+            {"follow": "1", **({"next": target} if target else {})})
 
     def build_page_url(self, user_name: str, name: str, target: str = "") -> str:
         url = self.booklab_url("build", quote(user_name, safe=""), name)

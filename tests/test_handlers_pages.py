@@ -1,0 +1,184 @@
+"""Booklab's handlers over HTTP against the real hub, the GitLab double and Redis:
+the SSE build log (replay, resume, keepalive, failure), who sees what, errors a
+person can act on, XSRF and input checks. No runner runs here unless a test
+starts one, so launches stay queued."""
+
+from __future__ import annotations
+
+import html
+import json
+import queue
+import threading
+import time
+
+import pytest
+import requests
+
+from booklab_spawner.names import server_name
+from tests.conftest_stack import KEY_PREFIX
+
+pytestmark = [pytest.mark.slow]
+
+
+def read_events(session: requests.Session, url: str, stop, headers=None,
+                timeout: float = 120) -> list[dict]:
+    """Read an SSE stream in a thread until ``stop(events)`` is true; comments kept."""
+    out: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        try:
+            with session.get(url, headers=headers or {}, stream=True, timeout=timeout) as r:
+                out.put({"status": r.status_code, "type": r.headers.get("Content-Type")})
+                event: dict = {}
+                for line in r.iter_lines(decode_unicode=True):
+                    if line.startswith(":"):
+                        out.put({"comment": line[1:].strip()})
+                    elif line == "" and event:
+                        out.put(event)
+                        event = {}
+                    elif ":" in line:
+                        field, value = line.split(":", 1)
+                        event[field] = value.strip()
+        except Exception as e:  # noqa: BLE001 - handed to the test thread
+            out.put({"error": repr(e)})
+        out.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            item = out.get(timeout=max(deadline - time.monotonic(), 0.1))
+        except queue.Empty:
+            break
+        if item is None:
+            return events
+        events.append(item)
+        if stop(events):
+            return events
+    raise AssertionError(f"stream did not finish: {events}")
+
+
+def launch_via_api(hub, user: str, server: str, project: str, ref: str) -> str:
+    token = hub.user_token(user)
+    r = hub.api("POST", f"/users/{user}/servers/{server}", token=token,
+                json={"user_options": {"project": project, "ref": ref}})
+    assert r.status_code in (201, 202), r.text
+    return token
+
+
+def wait_for_job(hub, user: str, server: str, timeout: float = 60) -> str:
+    r = hub.redis()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for key in r.scan_iter(f"{KEY_PREFIX}job:*"):
+            job = r.hgetall(key)
+            if job.get("user") == user and job.get("server_name") == server:
+                return job["id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no job for {user}/{server}")
+
+
+def has(kind: str):
+    return lambda events: any(e.get("event") == kind or kind in e.get("comment", "")
+                              for e in events)
+
+
+def test_build_log_replays_resumes_keeps_alive_and_is_private(pages_hub):
+    alice = pages_hub.login("alice", "alice-pw")
+    launch_via_api(pages_hub, "alice", "queued", "demo/hello", "main")
+    job_id = wait_for_job(pages_hub, "alice", "queued")
+    url = pages_hub.url + f"/hub/booklab/api/jobs/{job_id}/events"
+
+    # replay from the start, then keepalive comments while the job waits for a runner
+    events = read_events(alice, url, has("keepalive"))
+    assert events[0]["status"] == 200 and events[0]["type"].startswith("text/event-stream")
+    states = [e for e in events if e.get("event") == "state"]
+    assert json.loads(states[0]["data"])["state"] == "queued"
+    first_id = states[0]["id"]
+    assert first_id == pages_hub.redis().xrange(f"{KEY_PREFIX}log:{job_id}")[0][0]
+
+    # a reconnect with Last-Event-ID gets only what came after
+    pages_hub.redis().xadd(f"{KEY_PREFIX}log:{job_id}",
+                           {"kind": "log", "phase": "fetching", "message": "line after",
+                            "ts": str(time.time())})
+    events = read_events(alice, url, has("log"), headers={"Last-Event-ID": first_id})
+    logs = [e for e in events if e.get("event") in ("log", "state")]
+    assert [json.loads(e["data"])["message"] for e in logs] == ["line after"]
+
+    # bob may not read alice's log; the admin may
+    bob = pages_hub.login("bob", "bob-pw")
+    assert bob.get(url, timeout=30).status_code == 404
+    assert bob.get(pages_hub.url + f"/hub/booklab/jobs/{job_id}", timeout=30).status_code == 404
+    assert bob.get(pages_hub.url + "/hub/booklab/build/alice/queued",
+                   timeout=30).status_code == 404
+    admin = pages_hub.login("admin", "admin-pw")
+    page = admin.get(pages_hub.url + f"/hub/booklab/jobs/{job_id}", timeout=30)
+    assert page.status_code == 200 and "demo/hello" in page.text
+
+    # cancelled by the admin: the stream ends with "stopped", the hub forgets the server
+    admin_page = admin.get(pages_hub.url + "/hub/booklab/admin", timeout=30)
+    assert job_id in admin_page.text and "No runner has registered" in admin_page.text
+    r = admin.post(pages_hub.url + f"/hub/booklab/admin/jobs/{job_id}/cancel",
+                   data={"_xsrf": admin.cookies.get("_xsrf")}, timeout=60)
+    assert r.status_code == 200 and "Stopping alice" in r.text
+    events = read_events(alice, url, has("end"))
+    assert any(e.get("event") == "stopped" for e in events)
+
+
+def test_launch_of_unknown_branch_says_so_and_failed_spawn_streams_reason(pages_hub):
+    alice = pages_hub.login("alice", "alice-pw")
+    r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=60, data={
+        "_xsrf": alice.cookies.get("_xsrf"), "project": "demo/hello", "ref": "no-such-branch"})
+    assert r.status_code == 400
+    assert "Branch, tag or commit 'no-such-branch' not found" in html.unescape(r.text)
+    assert "Traceback" not in r.text
+
+    # the server page of a launch that failed before any job tells why
+    name = server_name("demo/hello", "no-such-branch")
+    events = read_events(alice, pages_hub.url + f"/hub/booklab/api/build/alice/{name}/events",
+                         has("end"))
+    failed = [json.loads(e["data"]) for e in events if e.get("event") == "failed"]
+    assert failed and "not found" in failed[0]["message"]
+
+
+def test_forms_need_xsrf_and_bad_input_is_refused(pages_hub):
+    alice = pages_hub.login("alice", "alice-pw")
+    r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=30,
+                   data={"project": "demo/hello", "ref": "main"})
+    assert r.status_code == 403
+    for path, message in [
+        ("/hub/booklab/v2/gl/demo%2Fhello/--upload-pack=touch%20x", "Invalid branch"),
+        ("/hub/booklab/v2/gl/..%2Fetc/main", "Invalid project path"),
+        ("/hub/booklab/v2/gl/demo%2Fhello/main?urlpath=../../hub/admin", "may not contain"),
+    ]:
+        r = alice.get(pages_hub.url + path, timeout=30)
+        assert r.status_code == 400, path
+        assert message in html.unescape(r.text), (path, r.text[-2000:])
+    assert "hello" not in json.dumps(pages_hub.api("GET", "/users/alice").json()["servers"])
+
+
+def test_badge_is_public_svg(pages_hub):
+    r = requests.get(pages_hub.url + "/hub/booklab/badge.svg", timeout=30)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("image/svg+xml")
+    assert "Booklab" in r.text
+
+
+def test_gitlab_errors_become_messages(pages_hub, pages_gitlab):
+    alice = pages_hub.login("alice", "alice-pw")
+    page = alice.get(pages_hub.url + "/hub/booklab/", timeout=30)
+    assert "No runner is online" in page.text
+
+    for token in list(pages_gitlab.store.tokens):
+        if pages_gitlab.store.tokens[token].user_id == \
+                pages_gitlab.store.user_by_name("alice").id:
+            pages_gitlab.revoke_token(token)
+    r = alice.get(pages_hub.url + "/hub/booklab/api/projects", timeout=30)
+    assert r.status_code == 401
+    assert "log out and log in again" in r.json()["error"]
+
+    pages_gitlab.stop()
+    r = alice.get(pages_hub.url + "/hub/booklab/api/refs?project=demo/hello", timeout=60)
+    assert r.status_code == 502
+    assert "unreachable" in r.json()["error"]
