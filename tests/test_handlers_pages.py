@@ -158,6 +158,16 @@ def test_forms_need_xsrf_and_bad_input_is_refused(pages_hub):
     assert "hello" not in json.dumps(pages_hub.api("GET", "/users/alice").json()["servers"])
 
 
+def test_hub_pages_link_to_booklab(pages_hub):
+    admin = pages_hub.login("admin", "admin-pw")
+    home = admin.get(pages_hub.url + "/hub/home", timeout=30)
+    assert home.status_code == 200
+    assert 'href="/hub/booklab/"' in home.text and 'href="/hub/booklab/admin"' in home.text
+    alice = pages_hub.login("alice", "alice-pw")
+    home = alice.get(pages_hub.url + "/hub/home", timeout=30)
+    assert 'href="/hub/booklab/"' in home.text and "/hub/booklab/admin" not in home.text
+
+
 def test_badge_is_public_svg(pages_hub):
     r = requests.get(pages_hub.url + "/hub/booklab/badge.svg", timeout=30)
     assert r.status_code == 200

@@ -33,11 +33,8 @@ def job_of(hub, user: str, server: str) -> str:
     return max(mine)
 
 
-def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, browser_page):
-    page = browser_page
-    browser_login(page, pages_hub, "alice", "alice-pw")
-
-    items = page.locator(".booklab-project")
+def check_pages_then_pick_for_screenshot(page, items) -> None:
+    """Most recently active first, 20 a page; then the picker as the screenshot shows it."""
     expect(items.first).to_have_attribute("data-path", "demo/hello")  # most recently active
     expect(items).to_have_count(20)  # one page, not all of them
     page.click("#next-page")
@@ -48,6 +45,31 @@ def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, 
     items.first.click()
     page.locator("#ref-select").select_option("dev")
     save_screenshot(page, "picker.png")
+
+
+def stop_from_picker(page, hub, server: str) -> None:
+    """The picker lists the running server; its Stop button stops it."""
+    page.goto(hub.url + "/hub/booklab/")
+    row = page.locator(f"#running-servers tr[data-server={server}]")
+    expect(row).to_contain_text("demo/hello")
+    expect(row.get_by_role("link", name="Open")).to_have_attribute(
+        "href", f"/user/alice/{server}/")
+    row.get_by_role("button", name="Stop").click()
+    page.wait_for_url(re.compile(r"/hub/booklab/$"))
+    for _ in range(60):
+        if row.count() == 0:
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    expect(row).to_have_count(0)
+
+
+def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, browser_page):
+    page = browser_page
+    browser_login(page, pages_hub, "alice", "alice-pw")
+
+    items = page.locator(".booklab-project")
+    check_pages_then_pick_for_screenshot(page, items)
 
     # GitLab data is shown as text, never as HTML
     page.fill("#project-search", "escaping")
@@ -82,6 +104,8 @@ def test_picker_search_branch_launch_live_log_then_lab(pages_hub, pages_runner, 
     expect(page.locator("#build-done")).to_contain_text("ready")
     expect(page.locator("#build-log .state-line.running")).to_have_count(1)
     save_screenshot(page, "build-log.png")
+
+    stop_from_picker(page, pages_hub, server)
 
 
 def test_launch_link_logged_out_goes_through_login_to_labpath(

@@ -93,7 +93,8 @@ class LaunchMixin(BooklabHandler):
                 and asyncio.get_running_loop().time() < deadline:
             await asyncio.wait({spawn}, timeout=0.1)
         job_id = spawner.job_id
-        if spawn.done() and spawn.exception() is not None and not job_id:
+        if spawn.done() and not spawn.cancelled() and spawn.exception() is not None \
+                and not job_id:
             exc = spawn.exception()
             self.log.warning("Launch of %s failed: %s", spawner._log_name, exc)
             raise InvalidInput(launch_error_message(exc))
