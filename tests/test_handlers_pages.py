@@ -142,6 +142,22 @@ def test_launch_of_unknown_branch_says_so_and_failed_spawn_streams_reason(pages_
     assert failed and "not found" in failed[0]["message"]
 
 
+def test_launch_by_commit_sha_queues_exactly_that_commit(pages_hub, pages_gitlab):
+    alice = pages_hub.login("alice", "alice-pw")
+    xsrf = alice.cookies.get("_xsrf")
+    r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=60, data={
+        "_xsrf": xsrf, "project": "demo/hello", "ref": "main", "sha": "not-a-sha"})
+    assert r.status_code == 400 and "hexadecimal" in r.text
+    sha = pages_gitlab.demo_sha
+    r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=60, data={
+        "_xsrf": xsrf, "project": "demo/hello", "ref": "main", "sha": sha[:10]})
+    assert r.status_code == 200 and "/hub/booklab/jobs/" in r.url and "follow=1" in r.url
+    job_id = r.url.split("/jobs/", 1)[1].split("?", 1)[0]
+    job = pages_hub.redis().hgetall(f"{KEY_PREFIX}job:{job_id}")
+    assert (job["user"], job["ref"], job["sha"]) == ("alice", sha[:10], sha)
+    assert job["server_name"] == server_name("demo/hello", sha[:10])
+
+
 def test_forms_need_xsrf_and_bad_input_is_refused(pages_hub):
     alice = pages_hub.login("alice", "alice-pw")
     r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=30,

@@ -80,9 +80,13 @@ class RefsAPIHandler(JSONHandler):
             tags = await gitlab.refs(project["id"], "tags")
         except GitLabError as e:
             return self.gitlab_failed(e)
+        default = project.get("default_branch") or ""
+        names = [b["name"] for b in branches]
+        if default and default not in names:  # beyond the first page: list it anyway
+            names.insert(0, default)
         self.finish({
-            "project": path, "default_branch": project.get("default_branch") or "",
-            "branches": [b["name"] for b in branches], "tags": [t["name"] for t in tags],
+            "project": path, "default_branch": default, "branches": names,
+            "tags": [t["name"] for t in tags],
             "truncated": len(branches) >= 100 or len(tags) >= 100,
         })
 
