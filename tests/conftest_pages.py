@@ -116,8 +116,10 @@ def pages_runner(pages_hub, redis_server, runner_token, tmp_path, pages_docker, 
 
 
 # -- the browser ----------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    # module scope: Playwright's sync API keeps an event loop running in this
+    # thread while it is open, which pytest-asyncio tests of other modules refuse
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
     from playwright.sync_api import sync_playwright
