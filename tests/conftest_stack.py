@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 import pytest
 import requests
 import yaml
+from docker.errors import APIError
 
 from tests.services import (
     NOTEBOOK_IMAGE,
@@ -58,8 +59,12 @@ def docker_client():
         if c.labels.get("org.booklab.runner", "").startswith("e2e-"):
             c.remove(force=True)
     for image in client.images.list():
-        if any(t.startswith(E2E_IMAGE_PREFIX) for t in image.tags):
-            client.images.remove(image.id, force=True)
+        for tag in image.tags:  # by tag: other suites' tags may share the same image id
+            if tag.startswith(E2E_IMAGE_PREFIX):
+                try:
+                    client.images.remove(tag)
+                except APIError as e:  # still used by a container of another suite
+                    print(f"left image {tag}: {e.explanation}")
 
 
 class Process:
