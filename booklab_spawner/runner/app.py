@@ -18,6 +18,7 @@ import signal
 import socket
 
 from jupyterhub.traitlets import ByteSpecification
+from redis.exceptions import RedisError
 from traitlets import Integer, Unicode, default, validate
 from traitlets.config import Application
 
@@ -37,6 +38,7 @@ from .worker import JobWorker
 log = logging.getLogger("booklab.runner")
 
 CLAIM_BLOCK = 2.0  # seconds one BLMOVE blocks before re-checking for shutdown
+SHUTDOWN_TIMEOUT = 60.0  # seconds to hand back jobs and deregister on SIGTERM
 
 
 class Runner:
@@ -88,11 +90,21 @@ class Runner:
         ]
         await self.stopping.wait()
         await asyncio.gather(*tasks[1:])
-        await self.shutdown()
+        try:
+            await asyncio.wait_for(self._leave(), SHUTDOWN_TIMEOUT)
+        except (asyncio.TimeoutError, RedisError, OSError) as e:
+            # Redis is gone: our heartbeat expires by itself and other runners
+            # (or this one, restarted) reap and reconcile what we held.
+            log.warning("could not hand back jobs or deregister (%s); "
+                        "the heartbeat will expire in %d s", e or "timeout",
+                        runners.HEARTBEAT_TTL)
         tasks[0].cancel()
-        await runners.deregister(self.redis, self.keys, self.runner_id)
         await self.redis.aclose()
         log.info("runner %s stopped", self.runner_id)
+
+    async def _leave(self) -> None:
+        await self.shutdown()
+        await runners.deregister(self.redis, self.keys, self.runner_id)
 
     async def claim_loop(self) -> None:
         while not self.stopping.is_set():
