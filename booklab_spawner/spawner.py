@@ -261,10 +261,12 @@ class BooklabSpawner(CloneCredentials, Spawner):
         try:
             project = await gitlab.project(project_path)
             commit = await gitlab.commit(project["id"], ref)
+            sha = check.commit_sha(commit.get("id"))
         except GitLabError as e:
             status = {401: 403, 403: 403, 404: 400, 0: 502}.get(e.status, 502)
             raise SpawnFailed(str(e), status) from None
-        sha = check.commit_sha(commit["id"])
+        except InvalidInput as e:
+            raise SpawnFailed(f"{e}: try again, or tell the hub's operator", 502) from None
         self.log.info("Launching %s@%s (%s) for %s", project_path, ref, sha[:12], self._log_name)
         return project, sha
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import redis as syncredis
 import requests
+from docker.errors import APIError
 
 from booklab_spawner.crypto import SecretBox
 from tests.conftest_stack import Hub, RunnerProcess, _dump_on_failure
@@ -79,8 +80,13 @@ def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
                 all=True, filters={"label": f"org.booklab.runner={proc.runner_id}"}):
             c.remove(force=True)
     for image in docker_client.images.list():
-        if any(t.startswith(HB_IMAGE_PREFIX) for t in image.tags):
-            docker_client.images.remove(image.id, force=True)
+        for tag in image.tags:
+            if tag.startswith(HB_IMAGE_PREFIX):
+                # by tag: the same layers may be tagged (and running) for other tests
+                try:
+                    docker_client.images.remove(tag)
+                except APIError as e:
+                    print(f"could not remove image {tag}: {e}")
 
 
 # -- helpers -----------------------------------------------------------------------

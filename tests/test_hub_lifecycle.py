@@ -102,6 +102,11 @@ def test_hub_restart_mid_run_reattaches_and_the_server_still_stops(
         contents(hub, "alice", "hello", token)), 60, "notebook reachable after restart")
     assert "README.md" in {item["name"] for item in r.json()["content"]}
     assert docker_client.containers.get(container.id).status == "running"
+    # the image exists now, yet bob (no access to demo/hello) is still asked GitLab first
+    hub.login("bob", "bob-pw")
+    r = start_server(hub, "bob", "hello", hub.user_token("bob"))
+    assert r.status_code == 400 and "cannot read it" in r.json()["message"]
+    assert jobs_of(redis_server, hub, "bob") == []
 
     assert hub.api("DELETE", "/users/alice/servers/hello").status_code in (202, 204)
     wait_gone(hub, "alice", "hello")
