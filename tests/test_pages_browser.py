@@ -155,6 +155,16 @@ def test_admin_sees_runners_and_jobs_and_a_user_gets_403(pages_hub, pages_runner
     expect(job).to_contain_text("demo/hello")
     save_screenshot(page, "admin.png")
 
+    job.get_by_role("button", name="Cancel").click()  # stops alice's server through the hub
+    expect(page.locator(".alert-info")).to_contain_text("Stopping alice's server hello")
+    for _ in range(60):
+        if "stopped" in job.inner_text():
+            break
+        page.wait_for_timeout(1000)
+        page.reload()
+    expect(job.locator(".badge")).to_have_text("stopped")
+    assert "hello" not in pages_hub.api("GET", "/users/alice").json()["servers"]
+
     assert session.get(pages_hub.url + "/hub/booklab/admin", timeout=30).status_code == 403
     bob = chromium.new_context()
     try:
