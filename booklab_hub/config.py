@@ -218,8 +218,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.allow_named_servers = True
     # notebooks run on runners, not inside the hub: a hub restart reattaches to them
     c.JupyterHub.cleanup_servers = False
-    # land on the hub's home page after login, not on a spawn without a project
-    c.JupyterHub.default_url = "/hub/home"
+    # land on the repository picker after login, not on a spawn without a project
+    c.JupyterHub.default_url = "/hub/booklab/"
     c.Authenticator.admin_users = set(s["hub.admin_users"])
 
     auth = c.BooklabGitLabAuthenticator

@@ -66,13 +66,11 @@ def pages_gitlab(gitlab):
 
 
 class PagesHub(Hub):
-    """The real hub, with our image prefix and the picker as landing page."""
+    """The real hub, with the pages tests' image prefix."""
 
     def write_config(self) -> None:
         self.config["runners"]["image_prefix"] = PAGES_IMAGE_PREFIX
         super().write_config()
-        with open(self.workdir / "test_config.py", "a") as f:
-            f.write('c.JupyterHub.default_url = "/hub/booklab/"\n')
 
     def redis(self) -> syncredis.Redis:
         return syncredis.Redis.from_url(self.config["redis"]["url"], decode_responses=True)

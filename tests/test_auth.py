@@ -41,7 +41,7 @@ def auth_state(hub, user: str) -> dict:
 def test_login_keeps_the_token_encrypted_with_its_expiry(make_hub, hb_gitlab):
     hub = make_hub()
     _, page = browser_login(hub, "alice", "alice-pw")
-    assert page.status_code == 200 and page.url == f"{hub.url}/hub/home"
+    assert page.status_code == 200 and page.url == f"{hub.url}/hub/booklab/"
     state = auth_state(hub, "alice")
     assert state["access_token"] == gitlab_token_of(hb_gitlab, "alice")
     assert state["refresh_token"] and state["scope"] == ["api"]
@@ -79,7 +79,7 @@ def test_members_of_an_allowed_subgroup_log_in_others_are_refused(make_hub, hb_g
     hub = make_hub({"gitlab": {"allow_all": False, "allowed_groups": ["lab/course"]}})
     for user in ("alice", "gus"):
         _, page = browser_login(hub, user, f"{user}-pw")
-        assert page.status_code == 200 and page.url == f"{hub.url}/hub/home", user
+        assert page.status_code == 200 and page.url == f"{hub.url}/hub/booklab/", user
     _, page = browser_login(hub, "bob", "bob-pw")
     assert page.status_code == 403
     assert "you are not currently authorized to use this hub" in page.text
