@@ -164,5 +164,12 @@ def browser_login(page, hub, username: str, password: str) -> None:
 
 
 def save_screenshot(page, name: str) -> None:
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS_IMG / name), full_page=False)
+    """Into tests/artifacts/ always; into docs/img/ with BOOKLAB_UPDATE_SCREENSHOTS=1.
+
+    So a test run leaves the work tree clean, and refreshing the docs' pictures
+    is a deliberate act (then look at them before committing).
+    """
+    page.screenshot(path=str(artifacts_dir() / name), full_page=False)
+    if os.environ.get("BOOKLAB_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_IMG / name), full_page=False)
