@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +23,9 @@ import requests
 from booklab_spawner import conf as confmod
 from booklab_spawner.crypto import SecretBox
 from booklab_spawner.jobs import JobStore, new_job_id
+from tests.conftest_stack import Process
 from tests.gitlab_double import GitLabDouble
-from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
+from tests.services import NOTEBOOK_IMAGE, require_docker, require_image
 
 BIN = Path(sys.executable).parent
 RT_IMAGE_PREFIX = "booklab-rt/"
@@ -83,42 +83,26 @@ def gitlab_ssh():
         shutil.rmtree(data, ignore_errors=True)
 
 
-class RunnerProcess:
+class RunnerProcess(Process):
     """One real ``booklab-runner`` process, its output in tests/artifacts."""
 
     def __init__(self, runner_id: str, redis_url: str, token: str, prefix: str,
                  work_dir: Path, *extra: str):
         self.runner_id = runner_id
-        self.log_path = artifacts_dir() / f"runner-{runner_id}.log"
-        self._log = open(self.log_path, "wb")
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
                "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
         cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
                "--advertise-host=127.0.0.1", f"--work-dir={work_dir}",
                f"--key-prefix={prefix}", "--log-level=DEBUG", *extra]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().__init__(f"runner-{runner_id}", cmd, env, work_dir)
 
     def kill(self) -> None:
         """SIGKILL: the runner dies at once, as in a crash."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        return super().stop(sig, timeout)
 
 
 class LaunchDouble:
