@@ -104,12 +104,14 @@ SETTINGS: list[Setting] = [
     Setting("gitlab.clone_method", str, "auto", "How runners get a repository: "
             "'deploy_key' (a fresh read-only deploy key per launch, SSH clone; needs "
             "Maintainer), 'token' (HTTPS with the user's own OAuth token), or 'auto' "
-            "(deploy key for Maintainers, token otherwise). Also sets the OAuth scopes: "
+            "(deploy key for Maintainers when gitlab.ssh_known_hosts is set, token "
+            "otherwise). Also sets the OAuth scopes: "
             "'api' for deploy_key/auto, 'read_user read_api read_repository' for token; "
             "the GitLab application must allow them.",
             check=_choice("auto", "deploy_key", "token")),
     Setting("gitlab.ssh_known_hosts", str, "", "known_hosts lines of GitLab's SSH host keys "
-            "(ssh-keyscan gitlab.example.org), given to runners for deploy-key clones."),
+            "(ssh-keyscan gitlab.example.org), given to runners for deploy-key clones; "
+            "with clone_method auto, deploy keys are used only when this is set."),
     Setting("gitlab.token_min_lifetime", int, 1800, "Seconds a user's GitLab token must "
             "still be valid at a launch or stop; closer to expiry it is refreshed first "
             "(GitLab's tokens live 7200 s).", check=_non_negative),

@@ -1,7 +1,8 @@
 """Clone credentials for a launch, and the error a user sees when a launch fails.
 
-A Maintainer's launch gets a fresh read-only deploy key (``deploykeys``); anyone
-else clones with their own short-lived OAuth token (``clone_method: auto``). The
+A Maintainer's launch gets a fresh read-only deploy key (``deploykeys``) when the
+hub knows GitLab's SSH host key; anyone else clones with their own short-lived
+OAuth token (``clone_method: auto``). The
 key is released when the job ends, whichever way it ends: JupyterHub calls
 ``stop()`` only for a server that ``poll()`` still reports running, so a failed
 start and a dead container release it too.
@@ -72,8 +73,12 @@ class CloneCredentials:
             return False
         maintainer = deploykeys.access_level(project) >= deploykeys.MAINTAINER
         possible = maintainer and "api" in scopes and bool(project.get("ssh_url_to_repo"))
-        if possible or self.clone_method == "auto":
-            return possible
+        if self.clone_method == "auto":
+            # without GitLab's SSH host key a runner cannot verify the server it
+            # would clone from, and the fetch would fail: clone with the token then
+            return possible and bool(self.ssh_known_hosts.strip())
+        if possible:
+            return True
         path = project["path_with_namespace"]
         if not maintainer:
             raise SpawnFailed(

@@ -27,6 +27,17 @@ def hb_gitlab(demo_gitlab):
     return add_hub_users(demo_gitlab)
 
 
+# A host key line as an operator configures it (gitlab.ssh_known_hosts): with it,
+# `clone_method: auto` gives Maintainers deploy keys. Most hub tests start no
+# sshd, so the key is a fixed one; tests that clone over SSH use the real sshd's.
+KNOWN_HOSTS_LINE = ("[127.0.0.1]:22 ssh-ed25519 "
+                    "AAAAC3NzaC1lZDI1NTE5AAAAIJHkre0ttZmQfPtcIrzGw0aqQ8Xjj4L7/o+nMZ762fnJ")
+
+
+def hb_gitlab_known_hosts(gitlab) -> str:
+    return getattr(gitlab, "known_hosts", None) or KNOWN_HOSTS_LINE
+
+
 def add_hub_users(gitlab):
     gitlab.add_user("maria", password="maria-pw", name="Maria")
     gitlab.add_member("demo/hello", "maria", MAINTAINER)
@@ -43,6 +54,7 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
              ) -> Hub:
         prefix = f"hb{secrets.token_hex(3)}:"
         base = {"redis": {"key_prefix": prefix},
+                "gitlab": {"ssh_known_hosts": hb_gitlab_known_hosts(hb_gitlab)},
                 "runners": {"image_prefix": HB_IMAGE_PREFIX, "queue_timeout": 120}}
         for section, values in (overrides or {}).items():
             base.setdefault(section, {}).update(values)

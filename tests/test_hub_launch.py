@@ -156,6 +156,20 @@ def test_clone_method_token_never_creates_deploy_keys(make_hub, hb_gitlab, redis
     wait_gone(hub, "maria", "hello")
 
 
+def test_auto_without_gitlab_host_key_clones_maintainers_with_their_token(
+        make_hub, hb_gitlab, redis_server):
+    """No gitlab.ssh_known_hosts: a runner could not verify GitLab's SSH server, so
+    `auto` must not hand out a deploy key (the launch would fail at the fetch)."""
+    hub = make_hub({"gitlab": {"ssh_known_hosts": ""}})
+    hub.login("maria", "maria-pw")
+    token = hub.user_token("maria")
+    assert start_server(hub, "maria", "hello", token).status_code in (201, 202)
+    job = wait_until(lambda: jobs_of(redis_server, hub, "maria", "hello"), 30, "job")[0]
+    assert job["clone_method"] == "token" and hb_gitlab.deploy_keys("demo/hello") == []
+    hub.api("DELETE", "/users/maria/servers/hello", token=token)
+    wait_gone(hub, "maria", "hello")
+
+
 def test_clone_method_deploy_key_refuses_developers_with_a_message(make_hub, redis_server):
     hub = make_hub({"gitlab": {"clone_method": "deploy_key"}})
     hub.login("alice", "alice-pw")
