@@ -7,7 +7,6 @@ with ``booklab-pg/``; both are removed at the end of the session.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.conftest_stack import (
     Hub,
     RunnerProcess,
     _dump_on_failure,
+    notebook,
 )
 from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
 
@@ -36,10 +36,7 @@ FAILING_DOCKERFILE = f"""\
 FROM {NOTEBOOK_IMAGE}
 RUN echo "booklab-test: this build fails on purpose" && exit 3
 """
-DEV_NOTEBOOK = json.dumps({
-    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# On the dev branch"]}],
-    "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
-})
+DEV_NOTEBOOK = notebook("# On the dev branch")
 N_SCRATCH = 25  # more projects than one page of the picker (20)
 
 

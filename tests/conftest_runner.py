@@ -7,12 +7,10 @@ with ``rt-``, images with ``booklab-rt/``; both are removed at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,26 +21,16 @@ import requests
 from booklab_spawner import conf as confmod
 from booklab_spawner.crypto import SecretBox
 from booklab_spawner.jobs import JobStore, new_job_id
-from tests.conftest_stack import Process
+from tests.conftest_stack import BIN, DEMO_DOCKERFILE, Process, notebook
 from tests.gitlab_double import GitLabDouble
-from tests.services import NOTEBOOK_IMAGE, require_docker, require_image
+from tests.services import require_docker, require_image
 
-BIN = Path(sys.executable).parent
 RT_IMAGE_PREFIX = "booklab-rt/"
 RT_RUNNER_PREFIX = "rt-"
-RT_DOCKERFILE = f"""\
-FROM {NOTEBOOK_IMAGE}
-COPY --chown=1000:1000 . /home/jovyan/
-WORKDIR /home/jovyan
-"""
+RT_DOCKERFILE = DEMO_DOCKERFILE
 # a notebook-ish server the tests can reach without a hub: Jupyter Server,
 # authenticated with JUPYTER_TOKEN (a secret: it travels encrypted)
 SERVER_CMD = ["jupyter", "server", "--ServerApp.root_dir=/home/jovyan"]
-
-
-def notebook(text: str) -> str:
-    return json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": [text]}],
-                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 
 @pytest.fixture(scope="session")

@@ -44,10 +44,15 @@ FROM {NOTEBOOK_IMAGE}
 COPY --chown=1000:1000 . /home/jovyan/
 WORKDIR /home/jovyan
 """
-DEMO_NOTEBOOK = json.dumps({
-    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Hello from Booklab"]}],
-    "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
-})
+
+
+def notebook(text: str) -> str:
+    """A minimal notebook with one markdown cell."""
+    return json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": [text]}],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+DEMO_NOTEBOOK = notebook("# Hello from Booklab")
 
 
 @pytest.fixture(scope="session")

@@ -145,22 +145,15 @@ def test_stale_booklab_deploy_keys_are_removed_at_the_next_launch(
     assert [k["title"] for k in hb_gitlab.deploy_keys("demo/hello")] == ["CI deploy key"]
 
 
-def test_clone_method_token_never_creates_deploy_keys(make_hub, hb_gitlab, redis_server):
-    hub = make_hub({"gitlab": {"clone_method": "token"}})
-    hub.login("maria", "maria-pw")
-    token = hub.user_token("maria")
-    assert start_server(hub, "maria", "hello", token).status_code in (201, 202)
-    job = wait_until(lambda: jobs_of(redis_server, hub, "maria", "hello"), 30, "job")[0]
-    assert job["clone_method"] == "token" and hb_gitlab.deploy_keys("demo/hello") == []
-    hub.api("DELETE", "/users/maria/servers/hello", token=token)
-    wait_gone(hub, "maria", "hello")
-
-
-def test_auto_without_gitlab_host_key_clones_maintainers_with_their_token(
-        make_hub, hb_gitlab, redis_server):
-    """No gitlab.ssh_known_hosts: a runner could not verify GitLab's SSH server, so
-    `auto` must not hand out a deploy key (the launch would fail at the fetch)."""
-    hub = make_hub({"gitlab": {"ssh_known_hosts": ""}})
+@pytest.mark.parametrize("gitlab_config", [
+    {"clone_method": "token"},
+    # auto without gitlab.ssh_known_hosts: a runner could not verify GitLab's SSH
+    # server, so no deploy key is handed out (the launch would fail at the fetch)
+    {"clone_method": "auto", "ssh_known_hosts": ""},
+], ids=["token", "auto-without-host-key"])
+def test_maintainer_clones_with_their_token_and_no_deploy_key(
+        make_hub, hb_gitlab, redis_server, gitlab_config):
+    hub = make_hub({"gitlab": gitlab_config})
     hub.login("maria", "maria-pw")
     token = hub.user_token("maria")
     assert start_server(hub, "maria", "hello", token).status_code in (201, 202)
