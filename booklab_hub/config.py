@@ -43,6 +43,14 @@ def _opt_url(v: str) -> str | None:
     return None if not v else _url(v)
 
 
+def _origin(v: str) -> str | None:
+    if not v:
+        return None
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?", v):
+        return "must be a scheme and host without a path, e.g. https://hub.example.org"
+    return None
+
+
 def _redis_url(v: str) -> str | None:
     return None if re.match(r"^(redis|rediss|unix)://", v) else "must be a redis:// URL"
 
@@ -81,6 +89,15 @@ SETTINGS: list[Setting] = [
     Setting("hub.connect_url", str, "", "URL at which notebook containers reach the hub "
             "API, e.g. http://10.0.0.2:8081 (default: built from hub_ip/hub_port).",
             check=_opt_url),
+    Setting("hub.subdomain_host", str, "", "Serve each person's notebooks on their own "
+            "host, <user>.<domain>, e.g. https://hub.example.org gives "
+            "https://alice.hub.example.org/user/alice/...; needs a wildcard DNS record and "
+            "TLS certificate (docs/deploy.md). Strongly recommended: without it, notebooks "
+            "(code from any repository) share the hub's origin. Also the default of "
+            "gitlab.callback_url.", check=_origin),
+    Setting("hub.named_server_limit_per_user", int, 3, "Servers one person may have "
+            "running or starting at a time (0: no limit). Booklab removes a person's "
+            "stopped servers to make room for a new launch.", check=_non_negative),
     Setting("hub.admin_users", list, [], "GitLab user names that are JupyterHub admins."),
     Setting("hub.db_url", str, "sqlite:///jupyterhub.sqlite", "JupyterHub database URL."),
     Setting("hub.data_dir", str, ".", "Directory for the hub's database, cookie secret."),
@@ -218,6 +235,9 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.authenticator_class = "booklab-gitlab"
     c.JupyterHub.spawner_class = "booklab"
     c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = s["hub.named_server_limit_per_user"]
+    if s["hub.subdomain_host"]:
+        c.JupyterHub.subdomain_host = s["hub.subdomain_host"].rstrip("/")
     # notebooks run on runners, not inside the hub: a hub restart reattaches to them
     c.JupyterHub.cleanup_servers = False
     # land on the repository picker after login, not on a spawn without a project
@@ -229,6 +249,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     auth.client_id = s["gitlab.client_id"]
     auth.client_secret = s["gitlab.client_secret"]
     auth.oauth_callback_url = s["gitlab.callback_url"] or (
+        s["hub.subdomain_host"].rstrip("/") + "/hub/oauth_callback"
+        if s["hub.subdomain_host"] else
         f"http://{s['hub.ip'] or '127.0.0.1'}:{s['hub.port']}/hub/oauth_callback")
     auth.allow_all = s["gitlab.allow_all"]
     auth.allowed_users = set(s["gitlab.allowed_users"])

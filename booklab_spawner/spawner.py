@@ -227,6 +227,12 @@ class BooklabSpawner(CloneCredentials, Spawner):
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
         return {name: formdata[name][0] for name in ("project", "ref") if formdata.get(name)}
 
+    def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
+        # /hub/spawn?opt-project=... would launch from a GET, which any other site can
+        # make a logged-in browser send: refused, so the hub shows its form (a POST
+        # with the XSRF token) instead. Launch links confirm the same way.
+        raise SpawnFailed("Launch from the Booklab page or confirm with this form", 400)
+
     def _launch_options(self) -> tuple[str, str]:
         opts = self.user_options or {}
         try:

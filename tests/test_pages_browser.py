@@ -114,6 +114,11 @@ def test_launch_link_logged_out_goes_through_login_to_labpath(
     page.goto(pages_hub.url + "/hub/booklab/v2/gl/demo%2Fhello/main?labpath=hello.ipynb")
     click_sign_in(page)
     sign_in_at_gitlab(page, "alice", "alice-pw")
+    # back at the link: it asks before it builds anything
+    expect(page.locator("#confirm-project")).to_have_text("demo/hello")
+    expect(page.locator("#confirm-target")).to_have_text("lab/tree/hello.ipynb")
+    save_screenshot(page, "launch-confirm.png")
+    page.click("#confirm-launch")
     page.wait_for_url(re.compile(r"/user/alice/hello-main-[0-9a-f]{6}/lab/tree/hello\.ipynb"),
                       timeout=LAB_TIMEOUT)
     notebook = page.locator(".jp-NotebookPanel .jp-RenderedMarkdown h1")
@@ -124,6 +129,7 @@ def test_failing_build_shows_its_reason(pages_hub, pages_runner, browser_page):
     page = browser_page
     browser_login(page, pages_hub, "alice", "alice-pw")
     page.goto(pages_hub.url + "/hub/booklab/v2/gl/demo%2Fbroken/main")
+    page.click("#confirm-launch")
     failed = page.locator("#build-failed")
     expect(failed).to_be_visible(timeout=LAB_TIMEOUT)
     expect(failed).to_contain_text("repo2docker failed")

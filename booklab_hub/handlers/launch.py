@@ -8,6 +8,12 @@ Both paths validate their input, start the server through JupyterHub (so
 its state, the proxy and the spawn-pending machinery stay the hub's) and send
 the person to the build-log page, which follows them into the server when it
 is ready.
+
+A launch link is a plain GET that any other site can make a logged-in
+browser follow, so a GET never builds or starts anything: it shows what would
+be launched with a button that POSTs back (with JupyterHub's XSRF token), and
+only that POST launches. A server that already runs is opened directly (that
+starts nothing). The picker launches with its own POST form.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote, urlencode
 
-from jupyterhub.utils import url_escape_path, url_path_join
+from jupyterhub.utils import url_path_join
 from tornado import web
 
 from booklab_spawner import validate as check
@@ -34,7 +40,8 @@ def target_path(urlpath: str = "", labpath: str = "", filepath: str = "") -> str
     """Where to go inside the server once it is ready, relative to its root.
 
     Binder's parameters: ``urlpath`` as given, ``labpath``/``filepath`` open
-    that file in JupyterLab. Refuses paths that try to leave the server.
+    that file in JupyterLab. Refuses paths that try to leave the server
+    (see ``validate.server_path``).
     """
     if urlpath:
         path = urlpath
@@ -42,12 +49,7 @@ def target_path(urlpath: str = "", labpath: str = "", filepath: str = "") -> str
         path = "lab/tree/" + (labpath or filepath).lstrip("/")
     else:
         return ""
-    path = path.lstrip("/")
-    if len(path) > 2000 or "\\" in path or any(ord(ch) < 32 for ch in path):
-        raise InvalidInput("The path to open in the server is invalid")
-    if ".." in path.split("?", 1)[0].split("/"):
-        raise InvalidInput("The path to open in the server may not contain '..'")
-    return path
+    return check.server_path(path)  # also encoded '..', '//host', 'javascript:'
 
 
 def launch_error_message(exc: BaseException) -> str:
@@ -65,16 +67,39 @@ def launch_error_message(exc: BaseException) -> str:
 class LaunchMixin(BooklabHandler):
     """Start (or find) the server for (project, ref) and say where to send the person."""
 
+    def existing_url(self, project: str, ref: str, target: str = "") -> str | None:
+        """Where to go without starting anything: the running (or starting) server."""
+        user = self.current_user
+        name = server_name(project, ref)
+        spawner = user.spawners.get(name) if name in user.orm_spawners else None
+        if spawner is None:
+            return None
+        if spawner.ready:
+            return self.server_url(user, name, target)
+        if spawner.pending == "spawn":
+            if spawner.job_id:
+                return self.job_page_url(spawner.job_id, target)
+            return self.build_page_url(user.name, name, target)
+        return None
+
+    def server_url(self, user, name: str, target: str = "") -> str:
+        """The server's address; on the user's own host when subdomain_host is set."""
+        return url_path_join(user.server_url(name), target)
+
     async def launch(self, project: str, ref: str, target: str = "") -> str:
         """Returns the URL to redirect to; raises InvalidInput with a readable message."""
         project, ref = check.project_path(project), check.ref(ref)
         user = self.current_user
         name = server_name(project, ref)
-        await self._check_named_server_request(user, name, name)
+        await self._make_room(user, name)
+        try:
+            await self._check_named_server_request(user, name, name)
+        except web.HTTPError as e:
+            raise InvalidInput(launch_error_message(e)) from None
         spawner = user.get_or_create_spawner(name, f"{project}@{ref}"[:255],
                                              replace_failed=True)
         if spawner.ready:
-            return url_path_join(user.url, url_escape_path(name), target) or "/"
+            return self.server_url(user, name, target)
         if spawner.pending == "stop":
             raise InvalidInput("This server is still stopping; try again in a moment")
         job_id = spawner.job_id if spawner.pending else None
@@ -83,6 +108,34 @@ class LaunchMixin(BooklabHandler):
         if job_id:
             return self.job_page_url(job_id, target)
         return self.build_page_url(user.name, name, target)
+
+    async def _make_room(self, user, name: str) -> None:
+        """Hold the person to named_server_limit_per_user servers that run or start.
+
+        JupyterHub counts every named server it stores, stopped ones too. A
+        stopped Booklab server holds nothing (its container is gone, its log
+        stays in Redis), so stopped ones are removed to make room for a launch.
+        """
+        limit = await self.get_current_user_named_server_limit()
+        if limit <= 0 or name in user.orm_spawners:
+            return
+        names = [n for n in user.orm_spawners if n]
+        if len(names) < limit:
+            return
+        live = [n for n in names if user.spawners[n].active]
+        if len(live) >= limit:
+            raise InvalidInput(
+                f"You already have {len(live)} servers running or starting, the most "
+                f"this hub allows at a time ({limit}): stop one on the Booklab page, "
+                "then launch again")
+        for n in names:
+            spawner = user.spawners[n]
+            if not spawner.active:
+                self.log.info("Removing %s's stopped server %s to make room", user.name, n)
+                await user._delete_spawner(spawner)
+                self.db.delete(spawner.orm_spawner)
+                user.spawners.pop(n, None)
+        self.db.commit()
 
     async def _start(self, user, spawner, options: dict[str, str]) -> str | None:
         """Start the spawn; wait briefly for its job id, or for an early failure."""
@@ -135,17 +188,39 @@ class LaunchFormHandler(LaunchMixin):
 
 
 class LaunchLinkHandler(LaunchMixin):
-    """GET /hub/booklab/v2/gl/<project>/<ref>: the shareable launch link."""
+    """/hub/booklab/v2/gl/<project>/<ref>: the shareable launch link.
+
+    GET asks for a confirming click (or opens the server if it already runs);
+    POST, XSRF-checked by the hub, launches.
+    """
+
+    def _link(self, project: str, ref: str) -> tuple[str, str, str]:
+        target = target_path(self.get_argument("urlpath", ""),
+                             self.get_argument("labpath", ""),
+                             self.get_argument("filepath", ""))
+        return check.project_path(project), check.ref(ref), target
 
     @web.authenticated  # logged-out visitors go through login and come back here
     async def get(self, project: str, ref: str) -> None:
         try:
-            target = target_path(self.get_argument("urlpath", ""),
-                                 self.get_argument("labpath", ""),
-                                 self.get_argument("filepath", ""))
+            project, ref, target = self._link(project, ref)
+        except InvalidInput as e:
+            return await self.refuse(str(e))
+        url = self.existing_url(project, ref, target)
+        if url:
+            return self.redirect(url)
+        await self.render_page("confirm.html", project=project, ref=ref, target=target,
+                               action=self.request.uri)
+
+    @web.authenticated
+    async def post(self, project: str, ref: str) -> None:
+        try:
+            project, ref, target = self._link(project, ref)
             url = await self.launch(project, ref, target)
         except InvalidInput as e:
-            self.set_status(400)
-            await self.render_page("error.html", title="Cannot launch", message=str(e))
-            return
+            return await self.refuse(str(e))
         self.redirect(url)
+
+    async def refuse(self, message: str) -> None:
+        self.set_status(400)
+        await self.render_page("error.html", title="Cannot launch", message=message)
