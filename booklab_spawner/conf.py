@@ -3,6 +3,11 @@
 A runner starts with only a Redis URL and a runner token; everything else it
 needs comes from here, so that operators configure Booklab in one place (the
 hub's ``config.yml``). Values are stored JSON-encoded, one field per setting.
+
+The hub signs the hash (field ``sig``, see :class:`booklab_spawner.crypto.Signer`)
+and a runner reads it only through :func:`read`, which refuses an unsigned or
+changed hash: a Redis writer cannot redirect clones by editing ``gitlab_url``.
+A runner's own ``--gitlab-url``/``--hub-url`` win over these anyway.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .crypto import Signer
+from .exceptions import SignatureError
 from .keys import Keys
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 @dataclass
@@ -29,6 +36,7 @@ class RunnerConf:
     user_id: int = 1000
     user_name: str = "jovyan"
     ssh_known_hosts: str = ""  # known_hosts lines of GitLab's SSH host(s), for deploy keys
+    hub_url: str = ""  # the hub as runners reach it (read-only git proxy), ends with /hub/
 
     def validate(self) -> RunnerConf:
         if self.network not in ("bridge", "host"):
@@ -50,15 +58,26 @@ class RunnerConf:
         return cls(**values).validate()
 
 
-async def publish(redis: aioredis.Redis, keys: Keys, conf: RunnerConf) -> None:
-    """Replace the ``conf`` hash atomically with ``conf``."""
+async def publish(redis: aioredis.Redis, keys: Keys, conf: RunnerConf, signer: Signer) -> None:
+    """Replace the ``conf`` hash atomically with ``conf``, signed."""
     conf.validate()
+    mapping = conf.to_hash()
+    mapping["sig"] = signer.sign("conf", mapping)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.conf)
-        pipe.hset(keys.conf, mapping=conf.to_hash())
+        pipe.hset(keys.conf, mapping=mapping)
         await pipe.execute()
 
 
-async def read(redis: aioredis.Redis, keys: Keys) -> RunnerConf | None:
+async def read(redis: aioredis.Redis, keys: Keys, signer: Signer) -> RunnerConf | None:
+    """The hub's conf, if its signature holds (SignatureError otherwise)."""
     data = await redis.hgetall(keys.conf)
-    return RunnerConf.from_hash(data) if data else None
+    if not data:
+        return None
+    signed = {k: v for k, v in data.items() if k != "sig"}
+    signer.check("conf", signed, data.get("sig"), "the hub's configuration (conf) in Redis")
+    conf = RunnerConf.from_hash(signed)
+    if conf.protocol != PROTOCOL_VERSION:
+        raise SignatureError(f"the hub speaks Booklab protocol {conf.protocol}, this runner "
+                             f"{PROTOCOL_VERSION}: run the same Booklab version on both")
+    return conf

@@ -1,22 +1,54 @@
 """Clone credentials for a launch, and the error a user sees when a launch fails.
 
-A Maintainer's launch gets a fresh read-only deploy key (``deploykeys``) when the
-hub knows GitLab's SSH host key; anyone else clones with their own short-lived
-OAuth token (``clone_method: auto``). The
-key is released when the job ends, whichever way it ends: JupyterHub calls
-``stop()`` only for a server that ``poll()`` still reports running, so a failed
-start and a dead container release it too.
+A runner only ever holds a read-only credential, and only for the fetch. A
+Maintainer's launch gets a fresh read-only deploy key (``deploykeys``) when the
+hub knows GitLab's SSH host key; anyone else fetches through the hub's read-only
+git proxy (``booklab_hub/handlers/gitproxy.py``) with a one-time secret bound to
+the job: the user's OAuth token (which can write) never leaves the hub.
+
+Both end with the fetch: as soon as the job's log shows it past ``fetching``
+the hub deletes the proxy grant and the deploy key (retrying a failed delete);
+``poll()``/``stop()`` release the key too when a launch fails earlier, and the
+next launch of the project sweeps keys whose job is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
+from urllib.parse import urlsplit
 
 from tornado import web
 
 from . import deploykeys
 from .exceptions import GitLabError
 from .gitlab import GitLabClient
+from .keys import Keys
+
+RELEASE_DELAYS = (1, 2, 4, 8)  # seconds between attempts to delete a deploy key
+
+
+async def registered_host(redis, keys: Keys, runner_id: str) -> str | None:
+    """The advertised host of a registered runner, None if it is not registered."""
+    if not await redis.sismember(keys.runners, runner_id):
+        return None
+    return await redis.hget(keys.runner(runner_id), "host") or None
+
+
+def url_on_host(url: str, host: str) -> bool:
+    """An http(s) URL without credentials whose host is exactly ``host``."""
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and not parts.username and not parts.password
+            and hostname is not None and hostname == host.strip("[]").lower())
+
+
+def grant_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class SpawnFailed(web.HTTPError):
@@ -51,9 +83,9 @@ class CloneCredentials:
 
     async def _clone_credential(self, gitlab: GitLabClient, project: dict, job_id: str,
                                 token: str, scopes: list[str]) -> tuple[dict, int | None]:
-        """A read-only deploy key when allowed and possible, else the user's token."""
+        """A read-only deploy key when allowed and possible, else a proxy grant."""
         if not self._use_deploy_key(project, scopes):
-            return {"method": "token", "username": "oauth2", "password": token}, None
+            return await self._proxy_grant(job_id), None
         await deploykeys.remove_stale(gitlab, project["id"], self.store)
         private, public = await asyncio.to_thread(deploykeys.generate_keypair)
         title = deploykeys.title(self.user.name, self.name, job_id)
@@ -62,11 +94,34 @@ class CloneCredentials:
         except GitLabError as e:
             self.log.warning("Deploy key for %s refused: %s", project["path_with_namespace"], e)
             if self.clone_method == "auto":
-                return {"method": "token", "username": "oauth2", "password": token}, None
+                return await self._proxy_grant(job_id), None
             raise SpawnFailed(f"GitLab refused to add a read-only deploy key to "
                               f"{project['path_with_namespace']} ({e})", 403) from None
         self.log.info("Added deploy key %s (%s)", key_id, title)
         return {"method": "ssh", "private_key": private}, key_id
+
+    async def _proxy_grant(self, job_id: str) -> dict:
+        """A one-time secret for the hub's read-only git proxy, stored hashed."""
+        secret = secrets.token_urlsafe(32)
+        ttl = self.queue_timeout + self.build_timeout
+        await self.store.redis.set(self.keys.git_grant(job_id), grant_hash(secret), ex=ttl)
+        return {"method": "proxy", "secret": secret}
+
+    def _fetch_over(self, job_id: str) -> None:
+        """The job left ``fetching``: drop its proxy grant and deploy key now (once)."""
+        if getattr(self, "_fetch_closed", None) == job_id:
+            return
+        self._fetch_closed = job_id
+        task = asyncio.ensure_future(self._end_fetch_credentials(job_id))
+        self._cleanup_task = task  # keep a reference until it is done
+
+    async def _end_fetch_credentials(self, job_id: str) -> None:
+        try:
+            await self.store.redis.delete(self.keys.git_grant(job_id))
+            job = await self.store.redis.hgetall(self.keys.job(job_id))
+            await self._release_deploy_key(job)
+        except Exception:  # best effort: poll/stop and the stale sweep come later
+            self.log.exception("Ending the fetch credentials of job %s failed", job_id)
 
     def _use_deploy_key(self, project: dict, scopes: list[str]) -> bool:
         if self.clone_method == "token":
@@ -89,19 +144,31 @@ class CloneCredentials:
                           "log out and log in again", 403)
 
     async def _release_deploy_key(self, job: dict[str, str] | None = None) -> None:
-        """Delete the job's deploy key (once) with the user's (refreshed) token."""
+        """Delete the job's deploy key with the user's (refreshed) token, retrying a
+        failed delete a few times; once deleted, later calls do nothing."""
         if job is None:
             job = await self.store.redis.hgetall(self.keys.job(self.job_id)) if self.job_id \
                 else {}
         if not job.get("deploy_key_id") or getattr(self, "_released", None) == job["id"]:
             return
-        self._released = job["id"]
-        try:
-            token, _ = await self._gitlab_token()
-        except SpawnFailed:
-            self.log.warning("No GitLab token for %s: deploy key %s of job %s stays until "
-                             "the next cleanup", self._log_name, job["deploy_key_id"], job["id"])
-            return
-        gitlab = GitLabClient(self.gitlab_url, token)
-        if await deploykeys.remove(gitlab, job["project_id"], job["deploy_key_id"]):
-            self.log.info("Removed deploy key %s of job %s", job["deploy_key_id"], job["id"])
+        for delay in (*RELEASE_DELAYS, None):
+            try:
+                token, _ = await self._gitlab_token()
+            except SpawnFailed:
+                self.log.warning("No GitLab token for %s: deploy key %s of job %s stays "
+                                 "until the next cleanup", self._log_name,
+                                 job["deploy_key_id"], job["id"])
+                return
+            gitlab = GitLabClient(self.gitlab_url, token)
+            if await deploykeys.remove(gitlab, job["project_id"], job["deploy_key_id"]):
+                self._released = job["id"]
+                self.log.info("Removed deploy key %s of job %s", job["deploy_key_id"],
+                              job["id"])
+                return
+            if delay is None:
+                break
+            self.log.info("Retrying the removal of deploy key %s in %s s",
+                          job["deploy_key_id"], delay)
+            await asyncio.sleep(delay)
+        self.log.warning("Deploy key %s of job %s stays until the next launch of the "
+                         "project sweeps it", job["deploy_key_id"], job["id"])

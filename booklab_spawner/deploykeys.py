@@ -2,10 +2,13 @@
 
 The hub creates the pair, adds the public half to the project as a deploy key
 that cannot push, and hands the private half to the runner encrypted (in the
-job's ``token:<job>``). The key is deleted from GitLab when the job ends; keys
-whose job is over but which are still in GitLab (hub down at the time, user
-lost Maintainer) are removed at the next launch of the project by a maintainer,
-and GitLab itself refuses them after ``expires_at`` (a backstop).
+job's ``token:<job>``). The key is deleted from GitLab as soon as the job's
+fetch is over (the hub retries a failed delete); keys whose fetch is over but
+which are still in GitLab (hub down at the time, user lost Maintainer) are
+removed at the next launch of the project by a maintainer, and GitLab itself
+refuses them after ``expires_at`` (a backstop). The sweep never touches a key
+whose job is not in Redis yet but was created within ``NEW_KEY_GRACE``: a
+concurrent launch adds its key a moment before it writes its job.
 
 Every key's title names what created it, e.g.
 ``booklab: alice/hello-main-1a2b3c (job 20261127085042-1a2b3c4d5e6f)``.
@@ -23,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .exceptions import GitLabError
 from .gitlab import GitLabClient
-from .jobs import TERMINAL, JobStore
+from .jobs import CLAIMED, FETCHING, QUEUED, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ TITLE_PREFIX = "booklab:"
 _JOB_IN_TITLE = re.compile(r"\(job ([A-Za-z0-9][A-Za-z0-9._-]{0,127})\)$")
 MAINTAINER = 40
 KEY_LIFETIME = dt.timedelta(days=7)  # GitLab refuses the key afterwards, whatever happens
+NEW_KEY_GRACE = dt.timedelta(minutes=10)  # a key this young without a job is a launch's
+_NEEDS_KEY = (QUEUED, CLAIMED, FETCHING)  # job states in which the key is still needed
 
 
 def generate_keypair() -> tuple[str, str]:
@@ -106,8 +111,31 @@ async def list_keys(gitlab: GitLabClient, project_id: int | str) -> list[dict]:
     return keys
 
 
+def _key_age(key: dict, job_id: str, now: dt.datetime) -> dt.timedelta:
+    """How old a key is: from its job id's timestamp (our clock), else GitLab's created_at."""
+    try:
+        born = dt.datetime.strptime(job_id[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        try:
+            born = dt.datetime.fromisoformat(str(key.get("created_at")).replace("Z", "+00:00"))
+        except ValueError:
+            return dt.timedelta(0)  # unknown: treat as new, never remove on a guess
+    return now - born
+
+
+async def is_stale(key: dict, store: JobStore, now: dt.datetime | None = None) -> bool:
+    """A Booklab key whose job's fetch is over (or whose job is gone and the key old)."""
+    job_id = job_of_title(key.get("title", ""))
+    if job_id is None:
+        return False
+    state = await store.state(job_id)
+    if state is None:
+        return _key_age(key, job_id, now or dt.datetime.now(dt.timezone.utc)) > NEW_KEY_GRACE
+    return state not in _NEEDS_KEY
+
+
 async def remove_stale(gitlab: GitLabClient, project_id: int | str, store: JobStore) -> int:
-    """Delete the project's Booklab keys whose job has ended or expired; returns how many."""
+    """Delete the project's Booklab keys no launch needs any more; returns how many."""
     try:
         keys = await list_keys(gitlab, project_id)
     except GitLabError as e:
@@ -115,11 +143,7 @@ async def remove_stale(gitlab: GitLabClient, project_id: int | str, store: JobSt
         return 0
     removed = 0
     for key in keys:
-        job_id = job_of_title(key.get("title", ""))
-        if job_id is None:
-            continue
-        state = await store.state(job_id)
-        if (state is None or state in TERMINAL) and await remove(gitlab, project_id, key["id"]):
+        if await is_stale(key, store) and await remove(gitlab, project_id, key["id"]):
             log.info("Removed stale deploy key %s (%s)", key["id"], key.get("title"))
             removed += 1
     return removed

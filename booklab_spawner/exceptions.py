@@ -47,3 +47,8 @@ class BuildFailed(BooklabError):
 
 class LaunchFailed(BooklabError):
     """The notebook container did not start."""
+
+
+class SignatureError(BooklabError):
+    """Something read from Redis is not signed with the runner token (forged, or the
+    hub and runner tokens differ): it is not acted on."""

@@ -190,6 +190,12 @@ class JobStore:
     async def secrets(self, job_id: str) -> str | None:
         return await self.redis.get(self.keys.token(job_id))
 
+    async def replace_secrets(self, job_id: str, secret_blob: str) -> bool:
+        """Overwrite an existing ``token:<job>`` (same TTL), e.g. without the clone
+        credential once the fetch is over; False if the key is gone."""
+        return bool(await self.redis.set(self.keys.token(job_id), secret_blob, xx=True,
+                                         keepttl=True))
+
     async def transition(
         self, job_id: str, new_state: str, message: str = "",
         allowed_from: Iterable[str] | None = None, **fields: Any,
@@ -332,6 +338,11 @@ class JobStore:
                 yield entry
                 if entry.kind == "state" and entry.state in stop_states:
                     return
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Job fields as stored in the record (strings as they are, the rest as JSON)."""
+    return {k: _encode(v) for k, v in fields.items()}
 
 
 def _encode(value: Any) -> str:

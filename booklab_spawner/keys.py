@@ -102,6 +102,11 @@ class Keys:
         """STRING: the job's secrets (notebook API token, clone credential), encrypted."""
         return f"{self.prefix}token:{check_id('job', job_id)}"
 
+    def git_grant(self, job_id: str) -> str:
+        """STRING: SHA-256 (hex) of the job's one-time fetch secret for the hub's read-only
+        git proxy; TTL, deleted as soon as the job's fetch is over."""
+        return f"{self.prefix}git_grant:{check_id('job', job_id)}"
+
     def all_patterns(self) -> list[str]:
         """Glob patterns matching every key Booklab may write (for cleanup tools)."""
         return [f"{self.prefix}*"]

@@ -23,8 +23,8 @@ from traitlets import Enum, Float, Integer, Unicode, default, validate
 from . import conf as confmod
 from . import deploykeys
 from . import validate as check
-from .credentials import CloneCredentials, SpawnFailed
-from .crypto import SecretBox, check_runner_token
+from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_host
+from .crypto import SecretBox, Signer, check_runner_token
 from .exceptions import GitLabError, InvalidInput, InvalidTransition
 from .gitlab import GitLabClient
 from .jobs import (
@@ -41,6 +41,7 @@ from .jobs import (
     STOPPING,
     TERMINAL,
     JobStore,
+    encode_fields,
     new_job_id,
 )
 from .keys import DEFAULT_PREFIX, Keys
@@ -113,10 +114,14 @@ class BooklabSpawner(CloneCredentials, Spawner):
 
     clone_method = Enum(
         ["auto", "deploy_key", "token"], "auto", config=True,
-        help="""How a runner gets the repository. 'deploy_key': a fresh read-only deploy
-        key per launch, cloned over SSH (the user needs Maintainer on the project);
-        'token': HTTPS with the user's own short-lived OAuth token; 'auto': a deploy
-        key for Maintainers, the token for everyone else.""",
+        help="""How a runner gets the repository; a runner never holds a credential that
+        can write to GitLab. 'deploy_key': a fresh read-only deploy key per launch,
+        cloned over SSH, deleted when the fetch ends (the user needs Maintainer on the
+        project). 'token': the runner fetches through the hub's read-only git proxy
+        with a one-time secret bound to the job; the hub forwards only git-upload-pack
+        for that one project with the user's own OAuth token, which never leaves the
+        hub. 'auto': a deploy key for Maintainers when ssh_known_hosts is set, the
+        proxy for everyone else.""",
     )
 
     ssh_known_hosts = Unicode(
@@ -194,7 +199,7 @@ class BooklabSpawner(CloneCredentials, Spawner):
         if "ssh_known_hosts" in {f.name for f in dataclasses.fields(confmod.RunnerConf)}:
             extra["ssh_known_hosts"] = self.ssh_known_hosts
         return confmod.RunnerConf(
-            gitlab_url=self.gitlab_url, network=self.runner_network,
+            gitlab_url=self.gitlab_url, network=self.runner_network, hub_url=self.hub.url,
             image_prefix=self.image_prefix, build_timeout=self.build_timeout, **extra,
         ).validate()
 
@@ -279,9 +284,9 @@ class BooklabSpawner(CloneCredentials, Spawner):
     async def _create_job(self, job_id: str, project: dict, ref: str, sha: str,
                           clone: dict, key_id: int | None) -> None:
         check_runner_token(self.runner_token)
-        await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf())
+        signer = Signer(self.runner_token)
+        await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf(), signer)
         env, secret_env = self._split_env(self.get_env())
-        blob = SecretBox(self.runner_token).encrypt({"env": secret_env, "clone": clone})
         fields = {
             "user": self.user.name, "server_name": self.name,
             "project": project["path_with_namespace"], "project_id": str(project["id"]),
@@ -291,7 +296,12 @@ class BooklabSpawner(CloneCredentials, Spawner):
             "cmd": self.cmd, "args": self.get_args(), "env": env,
             "mem_limit": str(self.mem_limit or ""), "cpu_limit": str(self.cpu_limit or ""),
         }
-        await self.store.create(job_id, fields, blob)
+        # signed and sealed: runners act only on what the hub wrote (docs/protocol.md)
+        record = {**encode_fields(fields), "id": job_id}
+        record["sig"] = signer.sign_job(record)
+        blob = SecretBox(self.runner_token).seal(job_id, record,
+                                                 {"env": secret_env, "clone": clone})
+        await self.store.create(job_id, record, blob)
         self.job_id = job_id
         self._job_created().set()
         self.log.info("Queued job %s for %s (clone: %s)", job_id, self._log_name,
@@ -312,8 +322,10 @@ class BooklabSpawner(CloneCredentials, Spawner):
             if entry is None:
                 await self._check_runner_alive(job_id)
             elif entry.kind == "state":
+                if entry.state not in (QUEUED, CLAIMED, FETCHING):
+                    self._fetch_over(job_id)
                 if entry.state == RUNNING:
-                    return (await self.store.get(job_id))["url"]
+                    return await self._notebook_url(job_id)
                 if entry.state in TERMINAL:
                     job = await self.store.get(job_id)
                     raise SpawnFailed(job.get("error") or entry.message or "The launch was "
@@ -323,6 +335,26 @@ class BooklabSpawner(CloneCredentials, Spawner):
             if time.monotonic() - since > self._phase_limit(phase):
                 await self._time_out(job_id, phase)
         raise SpawnFailed("The job log ended unexpectedly")  # pragma: no cover
+
+    async def _notebook_url(self, job_id: str) -> str:
+        """The URL the runner reported, if a registered runner signed it for this job
+        and it is on that runner's advertised host; otherwise the launch fails."""
+        job = await self.store.get(job_id)
+        url, runner = job.get("url", ""), job.get("runner", "")
+        signed = Signer(self.runner_token).url_is_signed(job_id, runner, url,
+                                                         job.get("url_sig", ""))
+        host = await registered_host(self.store.redis, self.keys, runner) if runner else None
+        if not signed or host is None or not url_on_host(url, host):
+            why = ("not signed by a runner" if not signed else
+                   f"runner {runner!r} is not registered" if host is None else
+                   f"not on runner {runner}'s advertised host {host}")
+            self.log.warning("Job %s reported a notebook URL that is %s: refusing it",
+                             job_id, why)
+            msg = ("The runner's report for this launch failed a signature or host check "
+                   "(Redis may have been tampered with): ask the hub's operator to check")
+            await self._abort(job_id, msg)
+            raise SpawnFailed(msg, 502)
+        return url
 
     def _phase_limit(self, phase: str) -> float:
         return {"queue": self.queue_timeout, "build": self.build_timeout + BUILD_GRACE,

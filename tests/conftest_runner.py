@@ -19,8 +19,8 @@ import pytest
 import requests
 
 from booklab_spawner import conf as confmod
-from booklab_spawner.crypto import SecretBox
-from booklab_spawner.jobs import JobStore, new_job_id
+from booklab_spawner.crypto import SecretBox, Signer
+from booklab_spawner.jobs import JobStore, encode_fields, new_job_id
 from tests.conftest_stack import BIN, DEMO_DOCKERFILE, Process, notebook
 from tests.gitlab_double import GitLabDouble
 from tests.services import require_docker, require_image
@@ -101,13 +101,14 @@ class LaunchDouble:
         self.store = JobStore(redis, keys)
         self.redis, self.keys = redis, keys
         self.box = SecretBox(token)
+        self.signer = Signer(token)
         self.gitlab = gitlab
         self.jupyter_token = secrets.token_hex(16)
         self.conf = confmod.RunnerConf(gitlab_url=gitlab.url, network="host",
                                        image_prefix=RT_IMAGE_PREFIX, **conf)
 
     async def publish(self) -> None:
-        await confmod.publish(self.redis, self.keys, self.conf)
+        await confmod.publish(self.redis, self.keys, self.conf, self.signer)
 
     async def launch(self, project: str, sha: str, clone: dict | None = None,
                      **fields) -> str:
@@ -130,8 +131,10 @@ class LaunchDouble:
             "cmd": SERVER_CMD, "args": [], "env": {"BOOKLAB_TEST": "1"},
             "mem_limit": "", "cpu_limit": "", **fields,
         }
-        blob = self.box.encrypt({"env": {"JUPYTER_TOKEN": self.jupyter_token},
-                                 "clone": clone})
+        record = {**encode_fields(record), "id": job_id}
+        record["sig"] = self.signer.sign_job(record)  # as the hub signs and seals
+        blob = self.box.seal(job_id, record, {"env": {"JUPYTER_TOKEN": self.jupyter_token},
+                                              "clone": clone})
         await self.store.create(job_id, record, blob)
         return job_id
 

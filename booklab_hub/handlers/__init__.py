@@ -16,6 +16,7 @@ from tornado import web
 from .admin import AdminHandler, CancelJobHandler
 from .base import PREFIX, STATIC_DIR, PageSettings
 from .buildlog import BuildEventsHandler, BuildPageHandler, JobEventsHandler, JobPageHandler
+from .gitproxy import GitProxyHandler, runner_token_of
 from .launch import LaunchFormHandler, LaunchLinkHandler
 from .picker import BadgeHandler, PickerHandler, ProjectsAPIHandler, RefsAPIHandler, StopHandler
 
@@ -44,6 +45,8 @@ def handlers_for(app) -> list[tuple]:
         (rf"{p}/admin", AdminHandler, kw),
         (rf"{p}/admin/jobs/{_JOB}/cancel", CancelJobHandler, kw),
         (rf"{p}/static/(.*)", web.StaticFileHandler, {"path": STATIC_DIR}),
+        (rf"{p}/git/{_JOB}/(info/refs|git-upload-pack|git-receive-pack)", GitProxyHandler,
+         {**kw, "runner_token": runner_token_of(app)}),
     ]
 
 

@@ -25,10 +25,11 @@ from traitlets.config import Application
 from .. import __version__, runners
 from .. import conf as confmod
 from .. import jobs as J
-from ..crypto import SecretBox, check_runner_token
+from ..crypto import SecretBox, Signer, check_runner_token
 from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect
+from . import fetch
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
 from .launch import Launcher
@@ -52,6 +53,8 @@ class Runner:
         self.redis = connect(app.redis_url)
         self.store = J.JobStore(self.redis, self.keys)
         self.box = SecretBox(app.runner_token)
+        self.signer = Signer(app.runner_token)  # conf and jobs are checked with it
+        self.gitlab_url, self.hub_url = app.gitlab_url, app.hub_url  # win over conf
         self.launcher = Launcher(self.runner_id, app.advertise_host)
         self.images = ImageCache(self.redis, self.keys, self.runner_id, self.launcher,
                                  int(app.image_budget or 0))
@@ -69,13 +72,17 @@ class Runner:
         }
 
     async def conf(self) -> confmod.RunnerConf:
-        conf = await confmod.read(self.redis, self.keys)
+        conf = await confmod.read(self.redis, self.keys, self.signer)
         if conf is None:
             raise RunnerUnavailable("The hub has not published its configuration (conf) yet")
+        # where credentials may go: the runner's own configuration first
+        conf.gitlab_url = self.gitlab_url or conf.gitlab_url
+        conf.hub_url = self.hub_url or conf.hub_url
         return conf
 
     async def run(self) -> None:
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+        fetch.sweep_work_dir(self.work_dir)  # keys and checkouts a killed runner left
         await runners.register(self.redis, self.keys, self.runner_id, self.info())
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
@@ -166,7 +173,7 @@ class Runner:
     async def _evict(self, prefix: str | None = None) -> None:
         try:
             if prefix is None:
-                conf = await confmod.read(self.redis, self.keys)
+                conf = await confmod.read(self.redis, self.keys, self.signer)
                 if conf is None:
                     return
                 prefix = conf.image_prefix
@@ -286,6 +293,23 @@ class RunnerApp(Application):
     known_hosts = Unicode("", config=True, help="known_hosts file with GitLab's SSH host "
                           "key(s), used when the hub publishes no ssh_known_hosts, e.g. "
                           "/etc/booklab/known_hosts.")
+    gitlab_url = Unicode(config=True, help="""The only GitLab this runner sends a clone
+        credential to, e.g. https://gitlab.example.org (default: $BOOKLAB_GITLAB_URL).
+        When set it wins over the gitlab_url the hub publishes in Redis; recommended
+        whenever Redis is shared with anything but the hub.""")
+
+    @default("gitlab_url")
+    def _default_gitlab_url(self) -> str:
+        return os.environ.get("BOOKLAB_GITLAB_URL", "")
+
+    hub_url = Unicode(config=True, help="""The hub's URL as this runner reaches it, e.g.
+        http://10.0.0.2:8081/hub/, for fetching through the hub's read-only git proxy
+        (default: $BOOKLAB_HUB_URL, else the hub_url the hub publishes in Redis).""")
+
+    @default("hub_url")
+    def _default_hub_url(self) -> str:
+        return os.environ.get("BOOKLAB_HUB_URL", "")
+
     image_budget = ByteSpecification(0, config=True, help="Disk budget for the images this "
                                      "runner built or launched, in bytes or with a K/M/G/T "
                                      "suffix, e.g. 50G. Past it, images are removed least "
@@ -300,6 +324,8 @@ class RunnerApp(Application):
         "key-prefix": "RunnerApp.key_prefix",
         "known-hosts": "RunnerApp.known_hosts",
         "image-budget": "RunnerApp.image_budget",
+        "gitlab-url": "RunnerApp.gitlab_url",
+        "hub-url": "RunnerApp.hub_url",
         "log-level": "Application.log_level",
     }
 

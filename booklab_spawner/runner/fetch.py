@@ -1,10 +1,14 @@
 """Fetch a repository at one commit, without leaving a credential behind.
 
-Two credentials, as the hub prepared them (docs/protocol.md, "Secrets"):
+Three credentials, as the hub prepared them (docs/protocol.md, "Secrets"):
 
-- ``token``: the token travels in an ``Authorization`` header given to git
-  through ``GIT_CONFIG_*`` environment variables: it is never in a URL, in
-  ``.git/config``, in the process list, or in the log (the scrubber knows it).
+- ``proxy``: a one-time secret for the hub's read-only git proxy
+  (``<hub_url>booklab/git/<job>``), sent like a token; the hub fetches from
+  GitLab with the user's token, which never reaches the runner.
+- ``token``: a read-only token (the hub no longer sends one); it travels in an
+  ``Authorization`` header given to git through ``GIT_CONFIG_*`` environment
+  variables: it is never in a URL, in ``.git/config``, in the process list, or
+  in the log (the scrubber knows it).
 - ``ssh``: a read-only deploy key, written 0600 into the job's private
   (0700) directory only for the fetch, used through a throwaway
   ``GIT_SSH_COMMAND`` that ignores every ssh config and agent and checks the
@@ -18,6 +22,7 @@ import base64
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -35,6 +40,29 @@ def check_clone_url(clone_url: str, gitlab_url: str) -> str:
         raise FetchFailed(f"refusing to send a GitLab token to {url.scheme}://{url.hostname}: "
                           f"it is not the configured GitLab {gitlab_url}")
     return clone_url
+
+
+def check_proxy_url(hub_url: str, job_id: str) -> str:
+    """The hub's read-only git proxy URL for one job (no credential in it)."""
+    base = urlsplit(hub_url)
+    if (base.scheme not in ("http", "https") or not base.netloc or base.username
+            or base.password or base.query or base.fragment):
+        raise FetchFailed("refusing to fetch through the hub: its URL (conf hub_url or "
+                          "the runner's --hub-url) is not a plain http(s) URL")
+    return hub_url.rstrip("/") + f"/booklab/git/{job_id}"
+
+
+def sweep_work_dir(work_dir: str) -> int:
+    """Remove job directories (checkouts, deploy key files) a killed runner left."""
+    removed = 0
+    for name in os.listdir(work_dir):
+        path = os.path.join(work_dir, name)
+        if name.startswith("booklab-job-") and os.path.isdir(path) \
+                and not os.path.islink(path):
+            forget_key(os.path.join(path, "home"))  # the key first, whatever else fails
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 # ssh://[user@]host[:port]/path or the scp-like user@host:path GitLab shows
@@ -127,6 +155,12 @@ async def fetch(clone_url: str, ref: str, sha: str, dest: str, username: str, pa
     home = os.path.join(os.path.dirname(dest), "home")
     os.makedirs(home, mode=0o700, exist_ok=True)
     await checkout(clone_url, ref, sha, dest, git_env(home, username, password), log_line)
+
+
+async def fetch_proxy(proxy_url: str, ref: str, sha: str, dest: str, job_id: str,
+                      secret: str, log_line: LogLine) -> None:
+    """Check out ``sha`` through the hub's read-only git proxy with the job's secret."""
+    await fetch(proxy_url, ref, sha, dest, job_id, secret, log_line)
 
 
 async def fetch_ssh(ssh_url: str, ref: str, sha: str, dest: str, private_key: str,

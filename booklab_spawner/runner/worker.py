@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jobs as J
 from ..conf import RunnerConf
-from ..exceptions import BooklabError, InvalidTransition, JobNotFound
+from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
 from ..scrub import Scrubber
 from . import build, cache, fetch
 from .buildlock import BuildLock
@@ -45,6 +45,9 @@ class JobWorker:
         await self.store.log(self.job_id, self.scrub(message), phase or self.state)
 
     async def step(self, state: str, message: str, **fields: str) -> None:
+        if "url" in fields:  # the hub accepts only a URL a runner signed for this job
+            fields["url_sig"] = self.runner.signer.sign_url(self.job_id, self.runner.runner_id,
+                                                            fields["url"])
         try:
             await self.store.transition(self.job_id, state, self.scrub(message),
                                         allowed_from=[self.state], **fields)
@@ -85,16 +88,39 @@ class JobWorker:
 
     # -- the pipeline -----------------------------------------------------------
     async def _secrets(self) -> dict[str, Any]:
+        """The job's secrets, only if the hub signed the job and sealed them for it."""
+        record = await self.store.get(self.job_id)
+        self.runner.signer.check_job(record)
         blob = await self.store.secrets(self.job_id)
-        secrets = self.runner.box.decrypt(blob or "")
-        clone = secrets.get("clone") or {}
+        secrets = self.runner.box.open(blob or "", record)
+        clone = secrets.setdefault("clone", {})
         if clone.get("method") == "ssh":
             self.scrub.add(clone.get("private_key"))
+        elif clone.get("method") == "proxy":
+            self.scrub.add_basic_auth(self.job_id, clone.get("secret", ""))
         else:
             self.scrub.add_basic_auth(clone.get("username", ""), clone.get("password", ""))
         for value in (secrets.get("env") or {}).values():
             self.scrub.add(value)
+        self._sealed = (record, secrets)
         return secrets
+
+    async def _forget_clone(self) -> None:
+        """The fetch is over: rewrite the job's secrets without the clone credential."""
+        record, secrets = self._sealed
+        rest = {k: v for k, v in secrets.items() if k not in ("clone", "job", "bound")}
+        blob = self.runner.box.seal(self.job_id, record, rest)
+        for delay in (0.5, 1, 2, None):
+            try:
+                await self.store.replace_secrets(self.job_id, blob)
+                await self.runner.redis.delete(self.runner.keys.git_grant(self.job_id))
+                return
+            except Exception as e:  # Redis hiccup: retry; the TTL is the backstop
+                if delay is None:
+                    log.warning("job %s: could not remove the clone credential: %s",
+                                self.job_id, e)
+                    return
+                await asyncio.sleep(delay)
 
     async def _run(self) -> None:
         job = await self.store.get(self.job_id)
@@ -119,17 +145,31 @@ class JobWorker:
 
     async def _fetch(self, job: dict[str, str], clone: dict[str, str], conf: RunnerConf,
                      checkout: str) -> None:
+        self.runner.signer.check_job(job)  # the copy the rest of the pipeline acts on
         sha, ref = job["sha"], job["ref"]
         await self.step(J.FETCHING, f"Fetching {job['project']} at {ref} ({sha[:12]})")
-        if clone.get("method") == "ssh":
-            url = fetch.check_ssh_url(job.get("ssh_url", ""))
-            known = conf.ssh_known_hosts or self.runner.known_hosts
-            await self.say(f"Cloning over SSH with a read-only deploy key from {url}")
-            await fetch.fetch_ssh(url, ref, sha, checkout, clone["private_key"], known, self.say)
-        else:
-            url = fetch.check_clone_url(job["clone_url"], conf.gitlab_url)
-            await fetch.fetch(url, ref, sha, checkout, clone["username"], clone["password"],
-                              self.say)
+        method = clone.get("method")
+        try:
+            if method == "ssh":
+                url = fetch.check_ssh_url(job.get("ssh_url", ""))
+                known = conf.ssh_known_hosts or self.runner.known_hosts
+                await self.say(f"Cloning over SSH with a read-only deploy key from {url}")
+                await fetch.fetch_ssh(url, ref, sha, checkout, clone["private_key"], known,
+                                      self.say)
+            elif method == "proxy":
+                url = fetch.check_proxy_url(conf.hub_url, self.job_id)
+                await self.say(f"Fetching through the hub's read-only git proxy {url}")
+                await fetch.fetch_proxy(url, ref, sha, checkout, self.job_id, clone["secret"],
+                                        self.say)
+            elif method == "token":
+                url = fetch.check_clone_url(job["clone_url"], conf.gitlab_url)
+                await fetch.fetch(url, ref, sha, checkout, clone["username"],
+                                  clone["password"], self.say)
+            else:
+                raise FetchFailed("This launch's clone credential was already used (its "
+                                  "fetch ended on another runner or attempt): launch again")
+        finally:
+            await self._forget_clone()
 
     async def _ensure_image(self, job: dict[str, str], checkout: str, conf: RunnerConf) -> str:
         env = await cache.environment(checkout, conf.user_id, conf.user_name)
