@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis as syncredis
+import requests
 from docker.errors import APIError
 
 from tests.conftest_stack import (
@@ -170,3 +171,50 @@ def save_screenshot(page, name: str) -> None:
     if os.environ.get("BOOKLAB_UPDATE_SCREENSHOTS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOCS_IMG / name), full_page=False)
+
+
+# -- subdomain_host ---------------------------------------------------------------
+class SubdomainHub(PagesHub):
+    """The pages hub with ``hub.subdomain_host = http://hub.localhost:<port>``: each
+    person's servers live on ``<user>.hub.localhost``. Chromium resolves every
+    ``*.localhost`` name to loopback by itself; glibc does not, so plain HTTP clients
+    reach the proxy on 127.0.0.1 and send the Host header (:meth:`get`)."""
+
+    def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str):
+        super().__init__(workdir, gitlab, redis_url, runner_token)
+        self.public_url = f"http://hub.localhost:{self.port}"
+        self.config["hub"]["subdomain_host"] = self.public_url
+        # gitlab.callback_url is left out: it defaults to <subdomain_host>/hub/oauth_callback
+        gitlab.store.apps[self.client_id].redirect_uris.append(
+            self.public_url + "/hub/oauth_callback")
+
+    def user_host(self, user: str) -> str:
+        return f"http://{user}.hub.localhost:{self.port}"
+
+    def get(self, host: str, path: str, **kw) -> requests.Response:
+        """GET on the proxy as a browser asking for ``host`` (e.g. alice.hub.localhost)."""
+        return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=30,
+                            headers={"Host": f"{host}:{self.port}", **kw.pop("headers", {})},
+                            **kw)
+
+
+@pytest.fixture
+def subdomain_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
+    syncredis.Redis.from_url(redis_server.url).flushdb()
+    hub = SubdomainHub(tmp_path / "hub", pages_gitlab, redis_server.url, runner_token)
+    hub.workdir.mkdir()
+    hub.start()
+    yield hub
+    hub.stop()
+    _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture
+def subdomain_runner(subdomain_hub, redis_server, runner_token, tmp_path, pages_docker,
+                     request):
+    workdir = tmp_path / "runner"
+    workdir.mkdir()
+    proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir)
+    yield proc
+    proc.stop()
+    _dump_on_failure(request, proc)
