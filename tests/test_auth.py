@@ -99,7 +99,9 @@ def launch_and_read_clone_token(hub, redis_server, runner_token, user="alice") -
     r = start_server(hub, user, "hello", hub.user_token(user))
     assert r.status_code in (201, 202), r.text
     job = wait_until(lambda: jobs_of(redis_server, hub, user, "hello"), 30, "job")[0]
-    return job_secrets(redis_server, hub, job["id"], runner_token)["clone"]["password"]
+    # the token resolved the ref (the job exists); runners get a proxy grant, not it
+    assert job_secrets(redis_server, hub, job["id"], runner_token)["clone"]["method"] == "proxy"
+    return auth_state(hub, user)["access_token"]
 
 
 def stop(hub, user="alice"):

@@ -1,9 +1,12 @@
 """Launch checks through the hub's REST API: every launch is checked against GitLab with
 the user's own token before anything is queued; the clone credential is a read-only
-deploy key for Maintainers and the user's token for Developers; hostile input is
+deploy key for Maintainers and a one-time grant for the hub's read-only git proxy for
+Developers (never the user's token); hostile input is
 refused with 400 and changes nothing."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import requests
@@ -76,23 +79,25 @@ def test_hostile_project_paths_are_refused(hub, redis_server, project):
     assert jobs_of(redis_server, hub, "alice") == []
 
 
-def test_developer_falls_back_to_their_own_token_encrypted_in_redis(
+def test_developer_gets_a_one_time_proxy_grant_never_their_token(
         hub, hb_gitlab, redis_server, runner_token):
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     r = start_server(hub, "alice", "hello", token)
     assert r.status_code in (201, 202), r.text  # queued: no runner in this test
     job = wait_until(lambda: jobs_of(redis_server, hub, "alice", "hello"), 30, "job")[0]
-    assert job["clone_method"] == "token" and job["deploy_key_id"] == ""
+    assert job["clone_method"] == "proxy" and job["deploy_key_id"] == ""
     assert job["sha"] == hb_gitlab.demo_sha
     assert hb_gitlab.deploy_keys("demo/hello") == []
     secrets_ = job_secrets(redis_server, hub, job["id"], runner_token)
-    gl_token = secrets_["clone"]["password"]
-    assert secrets_["clone"]["method"] == "token" and secrets_["clone"]["username"] == "oauth2"
+    assert set(secrets_["clone"]) == {"method", "secret"}
+    assert secrets_["clone"]["method"] == "proxy"
+    gl_token = gitlab_token_of(hb_gitlab, "alice")  # the user's token stays on the hub
+    assert gl_token not in json.dumps(secrets_)
     raw = "".join(str(v) for v in job.values())
-    assert gl_token not in raw  # the record itself holds no secret
+    assert gl_token not in raw and secrets_["clone"]["secret"] not in raw
     stored = rdb(redis_server).get(f"{hub.key_prefix}token:{job['id']}")
-    assert gl_token not in stored and stored.startswith("gAAAA")  # Fernet
+    assert stored.startswith("gAAAA")  # Fernet
     assert hub.api("DELETE", "/users/alice/servers/hello", token=token).status_code in (202, 204)
     wait_gone(hub, "alice", "hello")
     assert jobs_of(redis_server, hub, "alice", "hello")[0]["state"] == "stopped"
@@ -151,14 +156,14 @@ def test_stale_booklab_deploy_keys_are_removed_at_the_next_launch(
     # server, so no deploy key is handed out (the launch would fail at the fetch)
     {"clone_method": "auto", "ssh_known_hosts": ""},
 ], ids=["token", "auto-without-host-key"])
-def test_maintainer_clones_with_their_token_and_no_deploy_key(
+def test_maintainer_fetches_through_the_proxy_without_a_deploy_key(
         make_hub, hb_gitlab, redis_server, gitlab_config):
     hub = make_hub({"gitlab": gitlab_config})
     hub.login("maria", "maria-pw")
     token = hub.user_token("maria")
     assert start_server(hub, "maria", "hello", token).status_code in (201, 202)
     job = wait_until(lambda: jobs_of(redis_server, hub, "maria", "hello"), 30, "job")[0]
-    assert job["clone_method"] == "token" and hb_gitlab.deploy_keys("demo/hello") == []
+    assert job["clone_method"] == "proxy" and hb_gitlab.deploy_keys("demo/hello") == []
     hub.api("DELETE", "/users/maria/servers/hello", token=token)
     wait_gone(hub, "maria", "hello")
 
