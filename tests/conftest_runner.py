@@ -7,6 +7,7 @@ with ``rt-``, images with ``booklab-rt/``; both are removed at the end.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -21,6 +22,8 @@ import requests
 from booklab_spawner import conf as confmod
 from booklab_spawner.crypto import SecretBox, Signer
 from booklab_spawner.jobs import JobStore, encode_fields, new_job_id
+from booklab_spawner.runner.network import LABEL as NETWORK_LABEL
+from booklab_spawner.runner.network import NotebookNetwork
 from tests.conftest_stack import BIN, DEMO_DOCKERFILE, Process, notebook
 from tests.gitlab_double import GitLabDouble
 from tests.services import require_docker, require_image
@@ -31,6 +34,21 @@ RT_DOCKERFILE = DEMO_DOCKERFILE
 # a notebook-ish server the tests can reach without a hub: Jupyter Server,
 # authenticated with JUPYTER_TOKEN (a secret: it travels encrypted)
 SERVER_CMD = ["jupyter", "server", "--ServerApp.root_dir=/home/jovyan"]
+# bridge-mode notebook networks (and their iptables chains) of this session:
+# rt<session><hash of the runner name>, so that concurrent sessions never share one
+RT_NETWORK_PREFIX = f"rt{secrets.token_hex(2)}"
+
+
+def rt_network(runner_name: str) -> str:
+    """The notebook network a test runner named ``runner_name`` uses (stable per session)."""
+    return f"{RT_NETWORK_PREFIX}{hashlib.sha1(runner_name.encode()).hexdigest()[:8]}"
+
+
+def remove_rt_networks(client) -> None:
+    """Remove this session's notebook networks and their iptables chains and jumps."""
+    for net in client.networks.list(filters={"label": NETWORK_LABEL}):
+        if net.name.startswith(RT_NETWORK_PREFIX):
+            NotebookNetwork(client, net.name).remove()
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +58,7 @@ def rt_docker():
     require_image(client)
     yield client
     _cleanup_docker(client)
+    remove_rt_networks(client)
 
 
 def _cleanup_docker(client) -> None:
@@ -203,13 +222,21 @@ def launcher(redis, keys, rt_token, demo_project):
 
 @pytest.fixture
 def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
-    """Start runners with ``rt_runners.start("a", "--slots=2")`` (id becomes ``rt-a``)."""
+    """Start runners with ``rt_runners.start("a", "--slots=2")`` (id becomes ``rt-a``).
+
+    Each runner gets its own bridge-mode notebook network (:func:`rt_network`),
+    removed with its iptables rules at the end."""
     started: list[RunnerProcess] = []
+    networks: set[str] = set()
 
     class Factory:
         def start(self, name: str, *extra: str) -> RunnerProcess:
             work = tmp_path / f"work-{name}"
             work.mkdir(exist_ok=True)
+            if not any(e.startswith("--notebook-network") for e in extra):
+                extra = (f"--notebook-network={rt_network(name)}", *extra)
+            networks.update(e.split("=", 1)[1] for e in extra
+                            if e.startswith("--notebook-network="))
             proc = RunnerProcess(f"{RT_RUNNER_PREFIX}{name}", redis_server.url, rt_token,
                                  keys.prefix, work, *extra)
             started.append(proc)
@@ -225,3 +252,5 @@ def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
     for c in rt_docker.containers.list(all=True, filters={"label": "org.booklab.runner"}):
         if c.labels.get("org.booklab.runner", "").startswith(RT_RUNNER_PREFIX):
             c.remove(force=True)
+    for name in networks:
+        NotebookNetwork(rt_docker, name).remove()

@@ -10,6 +10,7 @@ See docs/runner.md.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import socket
 
 from jupyterhub.traitlets import ByteSpecification
 from redis.exceptions import RedisError
-from traitlets import Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from .. import __version__, runners
@@ -32,7 +33,8 @@ from ..redis_client import connect
 from . import fetch
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
-from .launch import Launcher
+from .launch import ContainerPolicy, Launcher
+from .network import NotebookNetwork, check_name, parse_allow, parse_deny, redis_rules
 from .recovery import reap_loop, reconcile
 from .worker import JobWorker
 
@@ -55,7 +57,8 @@ class Runner:
         self.box = SecretBox(app.runner_token)
         self.signer = Signer(app.runner_token)  # conf and jobs are checked with it
         self.gitlab_url, self.hub_url = app.gitlab_url, app.hub_url  # win over conf
-        self.launcher = Launcher(self.runner_id, app.advertise_host)
+        self.launcher = Launcher(self.runner_id, app.advertise_host,
+                                 policy=app.container_policy(), network=app.notebook_net())
         self.images = ImageCache(self.redis, self.keys, self.runner_id, self.launcher,
                                  int(app.image_budget or 0))
         self.known_hosts = _read(app.known_hosts)
@@ -315,6 +318,64 @@ class RunnerApp(Application):
                                      "suffix, e.g. 50G. Past it, images are removed least "
                                      "recently launched first. 0: no limit.")
 
+    # -- what a notebook container may do (see launch.py and network.py) ------
+    pids_limit = Integer(1024, config=True, help="Processes (and threads) one notebook "
+                         "container may have at once, e.g. 1024; a fork bomb stops there. "
+                         "0: no limit.")
+    default_mem_limit = ByteSpecification(2 * 1024 ** 3, config=True, help="Memory (and "
+                                          "memory+swap) limit of a notebook whose launch "
+                                          "sets none (the hub's mem_limit), in bytes or with "
+                                          "a K/M/G/T suffix, e.g. 2G. 0: no limit.")
+    default_cpu_limit = Float(1.0, config=True, help="CPUs a notebook whose launch sets no "
+                              "cpu_limit may use, e.g. 1.5. 0: no limit.")
+    notebook_network = Unicode("booklab", config=True, help="Docker network (and bridge "
+                               "interface) the runner creates for notebooks in bridge mode, "
+                               "with container-to-container traffic off; 1-15 characters.")
+    notebook_subnet = Unicode("", config=True, help="IPv4 subnet of that network, e.g. "
+                              "10.213.0.0/24 (default: Docker picks one).")
+    firewall = Bool(True, config=True, help="Keep the iptables rules that stop notebooks "
+                    "(bridge mode) from reaching this host, Redis and notebook_deny "
+                    "(needs root or CAP_NET_ADMIN).")
+    notebook_allow = List(Unicode(), config=True, help="Destinations notebooks may reach even "
+                          "on this host or in notebook_deny, as IPv4ADDRESS:PORT[/udp], e.g. "
+                          "the hub API when the hub runs on this machine: 10.0.0.12:8081.")
+    notebook_deny = List(Unicode(), config=True, help="More IPv4 networks notebooks may not "
+                         "reach (besides this host and Redis), e.g. 10.0.0.0/24 for the "
+                         "runners' own network.")
+
+    @validate("notebook_network")
+    def _check_notebook_network(self, proposal) -> str:
+        return check_name(proposal.value)
+
+    @validate("notebook_subnet")
+    def _check_notebook_subnet(self, proposal) -> str:
+        if proposal.value:
+            ipaddress.IPv4Network(proposal.value)  # ValueError names the problem
+        return proposal.value
+
+    @validate("notebook_allow")
+    def _check_notebook_allow(self, proposal) -> list[str]:
+        for item in proposal.value:
+            parse_allow(item)
+        return proposal.value
+
+    @validate("notebook_deny")
+    def _check_notebook_deny(self, proposal) -> list[str]:
+        for item in proposal.value:
+            parse_deny(item)
+        return proposal.value
+
+    def container_policy(self) -> ContainerPolicy:
+        return ContainerPolicy(pids_limit=self.pids_limit,
+                               default_mem_limit=int(self.default_mem_limit or 0),
+                               default_cpu_limit=self.default_cpu_limit)
+
+    def notebook_net(self) -> NotebookNetwork:
+        return NotebookNetwork(
+            None, self.notebook_network, self.notebook_subnet, self.firewall,
+            allow=[parse_allow(a) for a in self.notebook_allow],
+            deny=redis_rules(self.redis_url) + [parse_deny(d) for d in self.notebook_deny])
+
     aliases = {
         "redis-url": "RunnerApp.redis_url",
         "runner-id": "RunnerApp.runner_id",
@@ -324,9 +385,22 @@ class RunnerApp(Application):
         "key-prefix": "RunnerApp.key_prefix",
         "known-hosts": "RunnerApp.known_hosts",
         "image-budget": "RunnerApp.image_budget",
+        "pids-limit": "RunnerApp.pids_limit",
+        "default-mem-limit": "RunnerApp.default_mem_limit",
+        "default-cpu-limit": "RunnerApp.default_cpu_limit",
+        "notebook-network": "RunnerApp.notebook_network",
+        "notebook-subnet": "RunnerApp.notebook_subnet",
+        "notebook-allow": "RunnerApp.notebook_allow",
+        "notebook-deny": "RunnerApp.notebook_deny",
         "gitlab-url": "RunnerApp.gitlab_url",
         "hub-url": "RunnerApp.hub_url",
         "log-level": "Application.log_level",
+    }
+
+    flags = {
+        **Application.flags,
+        "no-firewall": ({"RunnerApp": {"firewall": False}},
+                        "Leave iptables alone (then firewall the notebook network yourself)."),
     }
 
     def start(self) -> None:

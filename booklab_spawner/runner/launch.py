@@ -6,6 +6,12 @@ repository directory (``$REPO_DIR`` as repo2docker sets it, else the image's
 working directory, else ``/home/<user>``) between ``create`` and ``start``,
 owned by the notebook user. So an image built for an earlier commit with the
 same environment serves a newer commit's notebooks.
+
+Every container runs without capabilities and with ``no-new-privileges`` (a
+setuid binary in the image gives no privilege), under a pids limit and a
+memory and CPU limit (the job's, else the runner's defaults: see
+:class:`ContainerPolicy`). In ``bridge`` mode it joins the runner's notebook
+network (see :mod:`.network`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 import docker
 
 from ..exceptions import LaunchFailed
+from .network import NotebookNetwork
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -34,6 +41,20 @@ LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
 LABEL_RUNNER = LABEL_PREFIX + "runner"
 LAST_LINES = 20  # lines of a container's output kept when it exits
+
+
+# what no notebook container may do, whatever its image or job says
+HARDENING: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
+
+
+@dataclass(frozen=True)
+class ContainerPolicy:
+    """The runner's limits for every container (``RunnerApp.pids_limit``,
+    ``default_mem_limit``, ``default_cpu_limit``); 0 means none."""
+
+    pids_limit: int = 1024
+    default_mem_limit: int = 2 * 1024 ** 3
+    default_cpu_limit: float = 1.0
 
 
 @dataclass
@@ -55,10 +76,17 @@ class Launcher:
     """docker-py wrapped so that every blocking call runs in a worker thread."""
 
     def __init__(self, runner_id: str, advertise_host: str,
-                 client: docker.DockerClient | None = None):
+                 client: docker.DockerClient | None = None,
+                 policy: ContainerPolicy | None = None,
+                 network: NotebookNetwork | None = None):
         self.runner_id = runner_id
         self.advertise_host = advertise_host
         self.client = client or docker.from_env(version="auto")
+        self.policy = policy or ContainerPolicy()
+        # bridge mode: the runner's isolated network (None: Docker's default bridge)
+        self.network = network
+        if network is not None and network.client is None:
+            network.client = self.client
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
@@ -79,6 +107,8 @@ class Launcher:
         directory before the notebook starts.
         """
         host = self.advertise_host
+        if network == "bridge" and self.network is not None:
+            network = await self.network.ensure()
         if network == "host":
             port = _free_port(host)
             bind_ip, ports = host, None
@@ -90,7 +120,7 @@ class Launcher:
             name=f"booklab-{job['id']}", detach=True, labels=self.labels(job),
             user=str(user_id), network_mode=network, ports=ports,
             environment={**env, "JUPYTERHUB_SERVICE_URL": f"http://{bind_ip}:{port}{prefix}"},
-            **limits(job),
+            **limits(job, self.policy), **HARDENING,
         )
         try:
             container = await self._run(self.client.containers.create, **kwargs)
@@ -279,14 +309,24 @@ def pack(checkout: str, dest: str, user_id: int) -> str:
     return dest
 
 
-def limits(job: dict[str, str]) -> dict[str, Any]:
-    """docker-py keyword arguments for the job's memory and CPU limits."""
+def limits(job: dict[str, str], policy: ContainerPolicy = ContainerPolicy()) -> dict[str, Any]:
+    """docker-py keyword arguments for the pids, memory and CPU limits: the job's
+    (the hub's ``mem_limit``/``cpu_limit``), else the runner's defaults."""
     out: dict[str, Any] = {}
-    if job.get("mem_limit"):
-        out["mem_limit"] = job["mem_limit"]
-        out["memswap_limit"] = job["mem_limit"]  # no swap beyond the limit: OOM is OOM
-    if job.get("cpu_limit") and float(job["cpu_limit"]) > 0:
-        out["nano_cpus"] = int(float(job["cpu_limit"]) * 1e9)
+    if policy.pids_limit > 0:
+        out["pids_limit"] = policy.pids_limit
+    mem: str | int = job.get("mem_limit") or ""
+    if mem in ("", "0"):
+        mem = policy.default_mem_limit
+    if mem:
+        out["mem_limit"] = mem
+        out["memswap_limit"] = mem  # no swap beyond the limit: OOM is OOM
+    try:
+        cpu = float(job.get("cpu_limit") or 0) or policy.default_cpu_limit
+    except ValueError:
+        raise LaunchFailed(f"Invalid cpu_limit {job.get('cpu_limit', '')[:40]!r}") from None
+    if cpu > 0:
+        out["nano_cpus"] = int(cpu * 1e9)
     return out
 
 
