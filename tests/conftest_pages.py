@@ -44,6 +44,11 @@ N_SCRATCH = 25  # more projects than one page of the picker (20)
 @pytest.fixture
 def pages_gitlab(gitlab):
     """alice: Developer on demo/hello, demo/broken and 25 more; bob: nothing; admin."""
+    return seed_pages(gitlab)
+
+
+def seed_pages(gitlab):
+    """The pages tests' GitLab: see :func:`pages_gitlab`."""
     for name in ("alice", "bob", "admin"):
         gitlab.add_user(name, password=f"{name}-pw", name=name.title())
     for i in range(N_SCRATCH):
