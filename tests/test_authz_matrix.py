@@ -99,6 +99,13 @@ ROWS = [
     Row("stop-no-xsrf", "POST", "/hub/booklab/stop", {ANON: 403, ALICE: 403, BOB: 403,
                                                       ADMIN: 403},
         form={"name": "{dev}"}, xsrf=False, needs=("main", "dev")),
+    # the runners' git proxy takes only a job's fetch grant, never a login cookie
+    Row("git-proxy-refs", "GET", "/hub/booklab/git/{main_job}/info/refs?service=git-upload-pack",
+        {a: 403 for a in ACTORS}),
+    Row("git-proxy-fetch", "POST", "/hub/booklab/git/{main_job}/git-upload-pack",
+        {a: 403 for a in ACTORS}),
+    Row("git-proxy-push", "POST", "/hub/booklab/git/{main_job}/git-receive-pack",
+        {a: 403 for a in ACTORS}),
     Row("badge", "GET", "/hub/booklab/badge.svg", {a: 200 for a in ACTORS}),
     Row("static", "GET", "/hub/booklab/static/picker.js", {a: 200 for a in ACTORS}),
 ]
