@@ -118,11 +118,16 @@ SETTINGS: list[Setting] = [
     Setting("gitlab.allowed_projects", list, [], "GitLab projects (full paths such as "
             "my-lab/course, or numeric ids) whose Developers, Maintainers and Owners may "
             "log in."),
-    Setting("gitlab.clone_method", str, "auto", "How runners get a repository: "
-            "'deploy_key' (a fresh read-only deploy key per launch, SSH clone; needs "
-            "Maintainer), 'token' (HTTPS with the user's own OAuth token), or 'auto' "
-            "(deploy key for Maintainers when gitlab.ssh_known_hosts is set, token "
-            "otherwise). Also sets the OAuth scopes: "
+    Setting("gitlab.clone_method", str, "auto", "How runners get a repository; a runner "
+            "only ever holds a read-only credential, only for the fetch. 'deploy_key': the "
+            "runner gets a fresh read-only deploy key (SSH clone of that one project; needs "
+            "Maintainer), deleted from GitLab when the fetch ends. 'token': the runner gets a "
+            "one-time secret for the hub's read-only git proxy (fetch of that one job's "
+            "project and commit, no push, dead after the fetch); the hub forwards with the "
+            "user's own OAuth token, which never leaves the hub. 'auto': deploy key for "
+            "Maintainers when gitlab.ssh_known_hosts is set, the proxy otherwise. Runners "
+            "must reach the hub's API (hub.connect_url, or their --hub-url) for the proxy. "
+            "Also sets the OAuth scopes: "
             "'api' for deploy_key/auto, 'read_user read_api read_repository' for token; "
             "the GitLab application must allow them.",
             check=_choice("auto", "deploy_key", "token")),
@@ -132,11 +137,14 @@ SETTINGS: list[Setting] = [
     Setting("gitlab.token_min_lifetime", int, 1800, "Seconds a user's GitLab token must "
             "still be valid at a launch or stop; closer to expiry it is refreshed first "
             "(GitLab's tokens live 7200 s).", check=_non_negative),
-    Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis shared with the runners.",
+    Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis shared with the runners; "
+            "put Redis behind a password: redis://:PASSWORD@host:6379/0.",
             env="BOOKLAB_REDIS_URL", check=_redis_url, secret=True),
     Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
             check=_prefix),
-    Setting("runners.token", str, "", "Secret shared with the runners; encrypts job secrets.",
+    Setting("runners.token", str, "", "Secret shared with the runners (at least 32 "
+            "characters); keys derived from it encrypt job secrets and sign what hub and "
+            "runners act on in Redis (conf, jobs, notebook URLs).",
             env="BOOKLAB_RUNNER_TOKEN", check=_token, secret=True),
     Setting("runners.network", str, "bridge", "'bridge' (publish the notebook port on the "
             "runner's address) or 'host' (share the runner's network).",

@@ -29,8 +29,12 @@ if [ ! -f "$STATE/secrets.env" ]; then
     echo "DEMO_CLIENT_SECRET=$(openssl rand -hex 16)"
   } >"$STATE/secrets.env"
 fi
+# Redis is behind a password (hex: safe in a URL); added to secrets made before it was
+if ! grep -q '^REDIS_PASSWORD=' "$STATE/secrets.env"; then
+  (umask 077; echo "REDIS_PASSWORD=$(openssl rand -hex 32)" >>"$STATE/secrets.env")
+fi
 set -a; . "$STATE/secrets.env"; set +a
-: "${BOOKLAB_REDIS_URL:=redis://127.0.0.1:$REDIS_PORT/0}"
+: "${BOOKLAB_REDIS_URL:=redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0}"
 export BOOKLAB_REDIS_URL
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -50,8 +54,17 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --appendonly yes \
-  --notify-keyspace-events KEA >"$STATE/redis.log" 2>&1 &
+# the password goes in a private config file, not on the command line (ps shows that)
+(umask 077; cat >"$STATE/redis.conf" <<CONF
+port $REDIS_PORT
+bind 127.0.0.1
+dir $STATE/redis
+appendonly yes
+notify-keyspace-events KEA
+requirepass $REDIS_PASSWORD
+CONF
+)
+redis-server "$STATE/redis.conf" >"$STATE/redis.log" 2>&1 &
 pids+=($!)
 
 if [ -z "${BOOKLAB_CONFIG:-}" ]; then
