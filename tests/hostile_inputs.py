@@ -17,7 +17,7 @@ from booklab_spawner import validate as check
 # no example database: a test run leaves the work tree clean
 FAST = settings(max_examples=400, deadline=None, database=None)
 # through the real hub: every example is an HTTP request (CI has a time budget)
-HUB = settings(max_examples=60, deadline=None, database=None,
+HUB = settings(max_examples=100, deadline=None, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # what attackers put in paths and refs, plain and encoded
@@ -33,6 +33,8 @@ TOKENS = [
 
 ANY_CHAR = st.characters(codec=None)  # every code point, surrogates included
 SURROGATE = st.characters(categories=["Cs"])
+# what JupyterHub would refuse in a display name: controls, formats, separators, ...
+INVISIBLE_CHAR = st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cn"])
 
 # Categories JupyterHub accepts in a display name (jupyterhub.slugs): what we may show.
 VISIBLE = {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No",
@@ -44,6 +46,15 @@ def hostile_text(max_parts: int = 12) -> st.SearchStrategy[str]:
     part = st.one_of(st.sampled_from(TOKENS), ANY_CHAR, SURROGATE,
                      st.text(alphabet="abcz09._-/%", max_size=6))
     return st.lists(part, max_size=max_parts).map("".join)
+
+
+def sneaky_text(plain: list[str]) -> st.SearchStrategy[str]:
+    """A plausible value (``main``, ``lab/tree/x.ipynb``) with one attack token or odd
+    code point slipped in: the inputs most likely to get past a check."""
+    odd = st.one_of(st.sampled_from(TOKENS), ANY_CHAR, SURROGATE, INVISIBLE_CHAR)
+    return st.builds(lambda base, at, token: base[:at % (len(base) + 1)] + token
+                     + base[at % (len(base) + 1):],
+                     st.sampled_from(plain), st.integers(0, 64), odd)
 
 
 def fully_decoded(value: str) -> str:

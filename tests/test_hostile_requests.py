@@ -1,0 +1,325 @@
+"""Hostile requests against the real hub: invisible Unicode in refs, paths that try to
+leave the user's server, and property-based tests (hypothesis) that no generated input
+gets a 500 or puts anything invalid into Redis.
+
+One hub (with the GitLab double and the session's redis-server, no runner) serves the
+whole module, so that a hundred generated requests cost seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import time
+from contextlib import contextmanager
+from urllib.parse import quote, urlencode
+
+import pytest
+import redis as syncredis
+import requests
+from hypothesis import given
+from hypothesis import strategies as st
+
+from booklab_spawner import validate as check
+from tests.conftest_stack import Hub, seed_demo
+from tests.gitlab_double import GitLabDouble
+from tests.hostile_inputs import HUB, hostile_text, sneaky_text
+from tests.services import artifacts_dir
+
+pytestmark = [pytest.mark.slow]
+
+LINK = "/hub/booklab/v2/gl/demo%2Fhello/"
+
+# characters JupyterHub refuses in a server's display name, and that have no place in a
+# ref: bidi override, zero width space, NEL, line and paragraph separators, BOM, soft
+# hyphen, a non-character, private use, no-break space
+INVISIBLE = ["\u202e", "\u200b", "\u0085", "\u2028", "\u2029", "\ufeff", "\u00ad",
+             "\ufffe", "\ue000", "\u00a0"]
+
+
+@pytest.fixture(scope="module")
+def hr_gitlab(tmp_path_factory):
+    gl = GitLabDouble(tmp_path_factory.mktemp("hr-gitlab"))
+    gl.start()
+    seed_demo(gl)
+    gl.add_user("admin", password="admin-pw", name="Hub Admin")
+    yield gl
+    gl.stop()
+
+
+@pytest.fixture(scope="module")
+def hr_hub(hr_gitlab, redis_server, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("hr-hub")
+    hub = Hub(workdir, hr_gitlab, redis_server.url, secrets.token_hex(32),
+              overrides={"redis": {"key_prefix": f"hr{secrets.token_hex(3)}:"}})
+    # its own log file: the tests read it, and other sessions write tests/artifacts/hub.log
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BOOKLAB_TEST_ARTIFACTS", str(artifacts_dir() / "hostile-requests"))
+        hub.start()
+    yield hub
+    hub.stop()
+    print(f"hub log: {hub.process.log_path}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def queued(hr_hub, alice):
+    """A valid launch of alice's (no runner: it stays queued), made first: later failed
+    launches count against the hub's named-server limit on the REST API."""
+    token = hr_hub.user_token("alice")
+    r = hr_hub.api("POST", "/users/alice/servers/queued", token=token,
+                   json={"user_options": {"project": "demo/hello", "ref": "main"}})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = [j for j in all_jobs(hr_hub) if j.get("server_name") == "queued"]
+        if jobs:
+            return jobs[0]
+        time.sleep(0.2)
+    raise AssertionError("the valid launch queued no job")
+
+
+@pytest.fixture(scope="module")
+def alice(hr_hub):
+    return hr_hub.login("alice", "alice-pw")
+
+
+def rdb(hub: Hub) -> syncredis.Redis:
+    return syncredis.Redis.from_url(hub.config["redis"]["url"], decode_responses=True)
+
+
+def queued_jobs(hub: Hub) -> list[dict]:
+    r = rdb(hub)
+    return [r.hgetall(f"{hub.key_prefix}job:{j}")
+            for j in r.lrange(f"{hub.key_prefix}queue", 0, -1)]
+
+
+def all_jobs(hub: Hub) -> list[dict]:
+    r = rdb(hub)
+    return [r.hgetall(k) for k in r.scan_iter(f"{hub.key_prefix}job:*")]
+
+
+def job_ids(hub: Hub) -> set[str]:
+    return {j["id"] for j in all_jobs(hub)}
+
+
+def assert_nothing_invalid_queued(hub: Hub) -> None:
+    """Every job in Redis is a launch the validators and GitLab accepted, and the queue
+    holds only such jobs."""
+    jobs = {j["id"]: j for j in all_jobs(hub)}
+    for job in jobs.values():
+        assert check.project_path(job["project"]) == job["project"], job
+        assert check.ref(job["ref"]) == job["ref"], job
+        assert check.commit_sha(job["sha"]) == job["sha"], job
+        assert job["user"] == "alice" and job["project"] == "demo/hello", job
+    for job_id in rdb(hub).lrange(f"{hub.key_prefix}queue", 0, -1):
+        assert job_id in jobs, job_id
+
+
+def server_errors(hub: Hub, since: int) -> list[str]:
+    """Lines of the hub's log after offset ``since`` that show a 5xx or a traceback."""
+    text = hub.process.output()[since:]
+    return [line for line in text.splitlines()
+            if re.search(r"\] 5\d\d (GET|POST|PUT|DELETE)|Uncaught exception|Traceback", line)]
+
+
+def message_of(r: requests.Response) -> str:
+    """The sentence of an error page or JSON error."""
+    if r.headers.get("Content-Type", "").startswith("application/json"):
+        body = r.json()
+        return body.get("message") or body.get("error") or ""
+    return html.unescape(re.sub(r"<[^>]+>", " ", r.text))
+
+
+# -- invisible and control characters in refs -----------------------------------------
+@pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_invisible_characters_in_a_launch_link_ref_get_400(hr_hub, alice, char):
+    before = job_ids(hr_hub)
+    url = hr_hub.url + LINK + quote(f"ma{char}in", safe="")
+    for r in (alice.get(url, timeout=60),  # the confirmation page (or, before, the launch)
+              alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60)):
+        assert r.status_code == 400, (r.request.method, r.status_code, r.text[-1500:])
+        assert "Invalid branch, tag or commit" in message_of(r)
+        assert char not in r.text  # the message shows the code point, not the character
+        assert f"U+{ord(char):04X}" in message_of(r)
+    assert job_ids(hr_hub) == before
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_invisible_characters_in_the_picker_form_get_400(hr_hub, alice, char):
+    before = job_ids(hr_hub)
+    r = alice.post(hr_hub.url + "/hub/booklab/launch", timeout=60, data={
+        "_xsrf": alice.cookies.get("_xsrf"), "project": "demo/hello", "ref": f"ma{char}in"})
+    assert r.status_code == 400, (r.status_code, r.text[-1500:])
+    assert "Invalid branch, tag or commit" in message_of(r)
+    assert job_ids(hr_hub) == before
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_invisible_characters_through_the_rest_api_get_400(hr_hub, char):
+    before = job_ids(hr_hub)
+    token = hr_hub.user_token("alice")
+    r = hr_hub.api("POST", "/users/alice/servers/inv", token=token,
+                   json={"user_options": {"project": "demo/hello", "ref": f"ma{char}in"}})
+    assert r.status_code == 400, (r.status_code, r.text[-1500:])
+    assert "Invalid branch, tag or commit" in r.json()["message"]
+    assert job_ids(hr_hub) == before
+
+
+# -- paths that try to leave the server -----------------------------------------------
+ESCAPES = [
+    "%2e%2e/%2e%2e/hub/admin", ".%2E/.%2e/hub/token", "%252e%252e/%252e%252e/hub/admin",
+    "lab/..%2f..%2f..%2fhub", "//evil.example/x", "/%2f%2fevil.example", "javascript:alert(1)",
+    "\\evil.example", "lab/%E2%80%AE.ipynb", "../../hub/admin",
+]
+
+
+@pytest.mark.parametrize("param", ["urlpath", "labpath", "filepath"])
+@pytest.mark.parametrize("value", ESCAPES)
+def test_launch_link_refuses_paths_that_leave_the_server(hr_hub, alice, param, value):
+    before = job_ids(hr_hub)
+    if param != "urlpath" and value.startswith(("//", "/%2f", "javascript:")):
+        value = "../" + value  # under lab/tree/ these alone are harmless file names
+    url = hr_hub.url + LINK + "main?" + urlencode({param: value})
+    for r in (alice.get(url, timeout=60, allow_redirects=False),
+              alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60,
+                         allow_redirects=False)):
+        assert r.status_code == 400, (r.request.method, r.status_code, r.text[-1500:])
+        assert "The path to open in the server" in message_of(r)
+    assert job_ids(hr_hub) == before
+
+
+@pytest.mark.parametrize("value", ESCAPES)
+def test_build_pages_drop_a_next_path_that_leaves_the_server(hr_hub, alice, queued, value):
+    """The page's script appends ``next`` to the server's URL: only a path inside it."""
+    for page in (f"/hub/booklab/jobs/{queued['id']}?follow=1&",
+                 "/hub/booklab/build/alice/queued?"):
+        r = alice.get(hr_hub.url + page + urlencode({"next": value}), timeout=60)
+        assert r.status_code == 200, r.text[-1500:]
+        assert 'data-next=""' in r.text, re.findall(r'data-next="[^"]*"', r.text)
+        good = alice.get(hr_hub.url + page + urlencode({"next": "lab/tree/hello.ipynb"}),
+                         timeout=60)
+        assert 'data-next="lab/tree/hello.ipynb"' in good.text
+
+
+def test_a_good_launch_link_path_is_kept_for_the_confirmation(hr_hub, alice):
+    url = hr_hub.url + LINK + "main?" + urlencode({"labpath": "/notebooks/my%20file.ipynb"})
+    r = alice.get(url, timeout=60, allow_redirects=False)
+    assert r.status_code == 200, r.text[-1500:]
+    assert "lab/tree/notebooks/my%20file.ipynb" in html.unescape(r.text)
+
+
+# -- properties: generated hostile requests through the real hub -------------------------
+def enc(value: str) -> bytes:
+    """UTF-8 bytes as a client would send them (a lone surrogate as its 3 bytes)."""
+    return value.encode("utf-8", "surrogatepass")
+
+
+def seg(value: str) -> str:
+    return quote(enc(value), safe="")
+
+
+def query(**params: str) -> str:
+    return urlencode({k: enc(v) for k, v in params.items()})
+
+
+def direct(hub: Hub) -> str:
+    """The hub's own address, bypassing configurable-http-proxy: CHP itself answers 500
+    to a path with malformed UTF-8 (``%ED%A0%80``, a lone surrogate) before the hub
+    sees it ("URIError: URI malformed" in its decodeURIComponent). That is the
+    development proxy's behaviour, not Booklab's; these tests are about the hub's
+    handlers. (Production routes through Traefik.)"""
+    return f"http://127.0.0.1:{hub.hub_port}"
+
+
+@contextmanager
+def no_server_errors(hub: Hub):
+    since = len(hub.process.output())
+    yield
+    assert server_errors(hub, since) == []
+    assert_nothing_invalid_queued(hub)
+
+
+def assert_handled(r: requests.Response) -> None:
+    assert r.status_code < 500, (r.request.method, r.request.url[:300], r.status_code,
+                                 r.text[-1500:])
+
+
+# the valid value is drawn often, so that the other field's hostile value gets deep
+PROJECTS = st.one_of(st.just("demo/hello"), st.just("demo/hello"),
+                     sneaky_text(["demo/hello", "demo/x-y.z"]), hostile_text(6))
+REFS = st.one_of(st.sampled_from(["main", "no-such-branch", "HEAD", "a" * 40]),
+                 sneaky_text(["main", "feature/x", "v1.0"]),
+                 sneaky_text(["main", "feature/x", "v1.0"]), hostile_text(8))
+PATHS = st.one_of(st.sampled_from(ESCAPES),
+                  sneaky_text(["lab/tree/hello.ipynb", "tree/a/b", "lab?x=1"]), hostile_text(8))
+HEADER = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                                        exclude_characters="\x7f"), max_size=40)
+
+
+@HUB
+@given(project=PROJECTS, ref=REFS, param=st.sampled_from(["urlpath", "labpath", "filepath"]),
+       path=PATHS, post=st.booleans())
+def test_property_launch_links_never_fail_with_500(hr_hub, alice, queued, project, ref, param,
+                                                   path, post):
+    url = f"{direct(hr_hub)}/hub/booklab/v2/gl/{seg(project)}/{seg(ref)}?{query(**{param: path})}"
+    with no_server_errors(hr_hub):
+        if post:
+            r = alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60,
+                           allow_redirects=False)
+        else:
+            r = alice.get(url, timeout=60, allow_redirects=False)
+        assert_handled(r)
+        if r.status_code == 400:
+            assert "Cannot launch" in r.text or "Invalid" in r.text
+
+
+@HUB
+@given(project=PROJECTS, ref=REFS, sha=st.one_of(st.just(""), hostile_text(4)))
+def test_property_the_picker_form_never_fails_with_500(hr_hub, alice, queued, project, ref,
+                                                       sha):
+    body = {"_xsrf": alice.cookies.get("_xsrf"), "project": enc(project), "ref": enc(ref),
+            "sha": enc(sha)}
+    with no_server_errors(hr_hub):
+        r = alice.post(direct(hr_hub) + "/hub/booklab/launch", data=body, timeout=60,
+                       allow_redirects=False)
+        assert_handled(r)
+
+
+@HUB
+@given(project=PROJECTS, search=hostile_text(8), page=st.one_of(hostile_text(3),
+                                                                  st.integers().map(str)))
+def test_property_the_picker_api_answers_json_never_500(hr_hub, alice, queued, project, search,
+                                                        page):
+    with no_server_errors(hr_hub):
+        for path in (f"/hub/booklab/api/refs?{query(project=project)}",
+                     f"/hub/booklab/api/projects?{query(search=search, page=page)}"):
+            r = alice.get(direct(hr_hub) + path, timeout=60, allow_redirects=False)
+            assert_handled(r)
+            if r.status_code != 400 or "Invalid unicode" not in r.text:
+                assert r.headers["Content-Type"].startswith("application/json"), r.text[:300]
+                assert "error" in r.json() or r.status_code == 200
+
+
+@HUB
+@given(job=st.one_of(st.just(None), hostile_text(6)), user=st.one_of(st.just("alice"),
+                                                                     hostile_text(4)),
+       server=st.one_of(st.just("queued"), hostile_text(4)), nxt=PATHS, after=HEADER,
+       last_id=HEADER)
+def test_property_build_log_endpoints_never_fail_with_500(hr_hub, alice, queued, job, user,
+                                                          server, nxt, after, last_id):
+    job_id = queued["id"] if job is None else job
+    pages = [f"/hub/booklab/jobs/{seg(job_id)}?{query(follow='1', next=nxt)}",
+             f"/hub/booklab/build/{seg(user)}/{seg(server)}?{query(next=nxt)}"]
+    streams = [f"/hub/booklab/api/jobs/{seg(job_id)}/events?{query(after=after)}",
+               f"/hub/booklab/api/build/{seg(user)}/{seg(server)}/events?{query(after=after)}"]
+    with no_server_errors(hr_hub):
+        for path in pages:
+            r = alice.get(direct(hr_hub) + path, timeout=60, allow_redirects=False)
+            assert_handled(r)
+            for n in re.findall(r'data-next="([^"]*)"', r.text):  # a build page
+                assert n == "" or check.server_path(html.unescape(n)) == html.unescape(n)
+        for path in streams:
+            with alice.get(direct(hr_hub) + path, headers={"Last-Event-ID": last_id},
+                           stream=True, timeout=60, allow_redirects=False) as r:
+                assert_handled(r)
