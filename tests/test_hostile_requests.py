@@ -155,8 +155,10 @@ def test_invisible_characters_in_the_picker_form_get_400(hr_hub, alice, char):
     assert job_ids(hr_hub) == before
 
 
-@pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("char", INVISIBLE + ["\ud800", "\udfff"],
+                         ids=lambda c: f"U+{ord(c):04X}")
 def test_invisible_characters_through_the_rest_api_get_400(hr_hub, char):
+    """JSON can carry what HTTP paths and forms cannot: a lone surrogate ("\\ud800")."""
     before = job_ids(hr_hub)
     token = hr_hub.user_token("alice")
     r = hr_hub.api("POST", "/users/alice/servers/inv", token=token,
