@@ -61,7 +61,7 @@ def ref(value: object) -> str:
         raise InvalidInput("A branch, tag or commit is required")
     if len(value) > MAX_REF:
         raise InvalidInput("Ref is too long")
-    hidden = _invisible(value, allow_space=False)
+    hidden = _invisible(value, allow_space=True)  # a space: git's rules below
     if hidden:
         raise InvalidInput(f"Invalid branch, tag or commit {_show(value)}: it contains "
                            f"an invisible or control character ({_codepoint(hidden)})")
