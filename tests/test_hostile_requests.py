@@ -84,6 +84,11 @@ def alice(hr_hub):
     return hr_hub.login("alice", "alice-pw")
 
 
+@pytest.fixture(scope="module")
+def admin(hr_hub):
+    return hr_hub.login("admin", "admin-pw")
+
+
 def rdb(hub: Hub) -> syncredis.Redis:
     return syncredis.Redis.from_url(hub.config["redis"]["url"], decode_responses=True)
 
@@ -325,3 +330,28 @@ def test_property_build_log_endpoints_never_fail_with_500(hr_hub, alice, queued,
             with alice.get(direct(hr_hub) + path, headers={"Last-Event-ID": last_id},
                            stream=True, timeout=60, allow_redirects=False) as r:
                 assert_handled(r)
+
+
+@HUB
+@given(name=hostile_text(6).filter(lambda n: n != "queued"), message=hostile_text(8),
+       job=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True))
+def test_property_stop_picker_and_admin_pages_never_fail_with_500(hr_hub, alice, admin, queued,
+                                                                  name, message, job):
+    """Stop a server by a hostile name, show a hostile message, cancel a job that is
+    not there (as the admin): answered, never a 500; the queued job is untouched."""
+    if job == queued["id"]:
+        return
+    base = direct(hr_hub) + "/hub/booklab"
+    with no_server_errors(hr_hub):
+        r = alice.post(base + "/stop", data={"_xsrf": alice.cookies.get("_xsrf"),
+                                             "name": enc(name)}, timeout=60,
+                       allow_redirects=False)
+        assert_handled(r)
+        for session, path in ((alice, "/"), (admin, "/admin")):
+            r = session.get(f"{base}{path}?{query(message=message)}", timeout=60)
+            assert_handled(r)
+        r = admin.post(f"{base}/admin/jobs/{job}/cancel",
+                       data={"_xsrf": admin.cookies.get("_xsrf")}, timeout=60,
+                       allow_redirects=False)
+        assert_handled(r)
+    assert rdb(hr_hub).hget(f"{hr_hub.key_prefix}job:{queued['id']}", "state") == "queued"
