@@ -71,9 +71,9 @@ class LaunchMixin(BooklabHandler):
         """Where to go without starting anything: the running (or starting) server."""
         user = self.current_user
         name = server_name(project, ref)
-        spawner = user.spawners.get(name) if name in user.orm_spawners else None
-        if spawner is None:
+        if name not in user.orm_spawners:
             return None
+        spawner = user.spawners[name]  # (loads it after a hub restart; .get() would not)
         if spawner.ready:
             return self.server_url(user, name, target)
         if spawner.pending == "spawn":
