@@ -408,6 +408,8 @@ class BooklabSpawner(CloneCredentials, Spawner):
         state = job.get("state")
         if state in (None, *TERMINAL):
             await self._release_deploy_key(job)  # stop() will not be called for it
+        elif state not in (QUEUED, CLAIMED, FETCHING):
+            self._fetch_over(self.job_id)  # e.g. after a hub restart during the launch
         if state is None or state == STOPPED:
             return 0
         if state == FAILED:
