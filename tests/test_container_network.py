@@ -1,0 +1,213 @@
+"""Bridge mode: notebooks are kept off each other, the runner host and Redis.
+
+Issue 8, item 8, against the real dockerd and the host's real iptables: two
+notebooks of one runner cannot connect to each other; a notebook cannot
+connect to services listening on the runner host (a TCP service and a real
+redis-server on the bridge gateway address) nor to the runner's Redis on
+another machine; it still reaches the hub API it is allowed to reach, and
+the hub still reaches its published port. The rules are the same after a
+runner restart and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import shutil
+import socket
+import subprocess
+import threading
+from contextlib import contextmanager
+
+import pytest
+import redis as redis_sync
+
+from booklab_spawner.runner.network import NotebookNetwork
+from tests.conftest_runner import rt_network
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+REDIS_PASSWORD = "booklab-test-redis"
+
+# run inside a notebook container: connect to argv[1]:argv[2], say what happened
+PROBE = (
+    "import socket, sys\n"
+    "try:\n"
+    "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n"
+    "except OSError as e:\n"
+    "    print('closed', type(e).__name__)\n"
+    "else:\n"
+    "    s.sendall(b'PING\\r\\n'); s.settimeout(3)\n"
+    "    try: print('open', s.recv(64))\n"
+    "    except OSError: print('open')\n"
+)
+
+
+def probe(container, host: str, port: int) -> str:
+    code, out = container.exec_run(["python3", "-c", PROBE, host, str(port)])
+    return out.decode(errors="replace").strip()
+
+
+def free_subnet(client) -> str:
+    """A /24 under 10.231.0.0/16 that no Docker network or host route uses."""
+    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
+            for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    used += [ipaddress.ip_network(line.split()[0]) for line in routes.splitlines()
+             if "/" in line.split()[0]]
+    for third in random.sample(range(256), 256):
+        net = ipaddress.ip_network(f"10.231.{third}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return str(net)
+    raise AssertionError("no free /24 under 10.231.0.0/16")
+
+
+@contextmanager
+def tcp_service(address: str, greeting: bytes):
+    """A TCP service on the runner host that greets every connection."""
+    srv = socket.socket()
+    srv.bind((address, 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(greeting)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        srv.close()
+
+
+@contextmanager
+def redis_on(address: str, workdir):
+    """A real redis-server listening on ``address`` (as a Redis on the runner host would)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server",
+                             "--port", str(port), "--bind", address, "--save", "",
+                             "--dir", str(workdir), "--requirepass", REDIS_PASSWORD],
+                            stdout=subprocess.DEVNULL)
+    try:
+        client = redis_sync.Redis(host=address, port=port, password=REDIS_PASSWORD,
+                                  socket_timeout=5)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis_sync.ConnectionError:
+                threading.Event().wait(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def host_connects(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=3):
+        return True
+
+
+def iptables_lines(name: str) -> list[str]:
+    out = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if name in line or name.upper() in line]
+
+
+async def test_notebooks_reach_neither_each_other_nor_the_host_nor_redis(
+        launcher, rt_runners, rt_docker, demo_project, tmp_path):
+    subnet = free_subnet(rt_docker)
+    gateway = str(ipaddress.ip_network(subnet)[1])
+    hub_port = random.randrange(20000, 30000)  # stands for the hub API on this host
+    launcher.conf.network = "bridge"
+    rt_runners.start("iso", "--slots=2", f"--notebook-subnet={subnet}",
+                     f"--notebook-allow={gateway}:{hub_port}")
+    sha = demo_project.commit("demo/hello", "main", {})
+    jobs = [await launcher.launch("demo/hello", sha) for _ in range(2)]
+    a, b = [await launcher.wait_state(j, "running") for j in jobs]
+    ca, cb = (rt_docker.containers.get(j["container"]) for j in (a, b))
+    net = rt_network("iso")
+    ip_b = cb.attrs["NetworkSettings"]["Networks"][net]["IPAddress"]
+    assert ipaddress.ip_address(ip_b) in ipaddress.ip_network(subnet)
+
+    # the hub (here: the host) still reaches both notebooks on their published ports
+    assert "hello.ipynb" in launcher.contents(a["url"])
+    assert "hello.ipynb" in launcher.contents(b["url"])
+
+    # notebook A -> notebook B: refused, though B listens (the host reaches it)
+    assert host_connects(ip_b, 8888)
+    assert probe(ca, ip_b, 8888).startswith("closed"), probe(ca, ip_b, 8888)
+
+    with tcp_service(gateway, b"host service\n") as service_port, \
+            redis_on(gateway, tmp_path) as redis_port:
+        # the host reaches its own services ...
+        assert host_connects(gateway, service_port)
+        assert redis_sync.Redis(host=gateway, port=redis_port, password=REDIS_PASSWORD).ping()
+        # ... a notebook does not: not a service on the bridge gateway, not Redis
+        assert probe(ca, gateway, service_port).startswith("closed")
+        assert probe(cb, gateway, redis_port).startswith("closed")
+        assert probe(ca, gateway, 22).startswith("closed")
+    with tcp_service_on_port(gateway, hub_port, b"hub api\n"):
+        # ... but the allowed hub API is reachable
+        assert probe(ca, gateway, hub_port) == "open b'hub api\\n'"
+
+    for job_id in jobs:
+        assert (await launcher.stop(job_id))["state"] == "stopped"
+
+
+@contextmanager
+def tcp_service_on_port(address: str, port: int, greeting: bytes):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((address, port))
+    srv.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield port
+    finally:
+        srv.close()
+
+
+async def test_firewall_is_idempotent_across_restarts_and_removed_without_trace(
+        launcher, rt_runners, rt_docker, demo_project):
+    launcher.conf.network = "bridge"
+    sha = demo_project.commit("demo/hello", "main", {})
+    name = rt_network("idem")
+    snapshots = []
+    for _ in range(2):  # the same runner, started twice
+        runner = rt_runners.start("idem", "--notebook-deny=198.51.100.0/24")
+        job_id = await launcher.launch("demo/hello", sha)
+        await launcher.wait_state(job_id, "running")
+        snapshots.append(sorted(iptables_lines(name)))
+        assert (await launcher.stop(job_id))["state"] == "stopped"
+        runner.stop()
+    assert snapshots[0] == snapshots[1]
+    rules = snapshots[0]
+    assert rules.count(f"-A INPUT -i {name} -j {name.upper()}-IN") == 1
+    assert rules.count(f"-A DOCKER-USER -i {name} -j {name.upper()}-FWD") == 1
+    assert (f"-A {name.upper()}-FWD -m conntrack --ctorigdst 198.51.100.0/24 "
+            "-j REJECT --reject-with icmp-port-unreachable") in rules
+    network = rt_docker.networks.get(name)
+    assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+
+    NotebookNetwork(rt_docker, name).remove()
+    assert iptables_lines(name) == []
+    assert not rt_docker.networks.list(names=[name])
