@@ -22,8 +22,10 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from . import deploykeys
-from .exceptions import GitLabError
+from .crypto import SecretBox
+from .exceptions import BooklabError, GitLabError
 from .gitlab import GitLabClient
+from .jobs import CLONE_RENEWED
 from .keys import Keys
 
 RELEASE_DELAYS = (1, 2, 4, 8)  # seconds between attempts to delete a deploy key
@@ -114,6 +116,40 @@ class CloneCredentials:
         self._fetch_closed = job_id
         task = asyncio.ensure_future(self._end_fetch_credentials(job_id))
         self._cleanup_task = task  # keep a reference until it is done
+
+    async def _renew_clone(self, job_id: str) -> None:
+        """The job was handed back after its fetch (its runner stopped): give the next
+        runner a fresh credential of the same kind, then say so in the job's log."""
+        task = getattr(self, "_cleanup_task", None)
+        if task is not None:
+            await asyncio.wait([task])  # the old grant and key go first
+        self._fetch_closed = None
+        try:
+            job = await self.store.get(job_id)
+            box = SecretBox(self.runner_token)
+            sealed = box.open(await self.store.secrets(job_id) or "", job)
+            rest = {k: v for k, v in sealed.items() if k not in ("job", "bound")}
+            if job.get("clone_method") == "ssh":
+                rest["clone"] = await self._new_deploy_key(job)
+            else:
+                rest["clone"] = await self._proxy_grant(job_id)
+            await self.store.replace_secrets(job_id, box.seal(job_id, job, rest))
+        except BooklabError as e:
+            self.log.warning("Could not renew the clone credential of job %s: %s", job_id, e)
+            return
+        await self.store.log(job_id, "The hub renewed the clone credential for another "
+                             "fetch", CLONE_RENEWED)
+
+    async def _new_deploy_key(self, job: dict[str, str]) -> dict:
+        token, _ = await self._gitlab_token()
+        gitlab = GitLabClient(self.gitlab_url, token)
+        private, public = await asyncio.to_thread(deploykeys.generate_keypair)
+        key_id = await deploykeys.add(gitlab, job["project_id"],
+                                      deploykeys.title(self.user.name, self.name, job["id"]),
+                                      public)
+        await self.store.redis.hset(self.keys.job(job["id"]), "deploy_key_id", str(key_id))
+        self._released = None
+        return {"method": "ssh", "private_key": private}
 
     async def _end_fetch_credentials(self, job_id: str) -> None:
         try:

@@ -58,6 +58,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 PROGRESS = {QUEUED: 5, CLAIMED: 10, FETCHING: 20, BUILDING: 40, STARTING: 80, RUNNING: 100}
 
 LOG_MAXLEN = 20000  # entries kept per job log (approximate trim)
+# phase of the log line with which the hub says it renewed a job's clone credential
+# (a job handed back after its fetch; the next runner waits for this line)
+CLONE_RENEWED = "clone-renewed"
 JOB_TTL = 7 * 24 * 3600  # finished jobs and their logs expire after a week
 
 # KEYS: job, status, log.  ARGV: job id, new state, now, message, maxlen,

@@ -324,6 +324,8 @@ class BooklabSpawner(CloneCredentials, Spawner):
             elif entry.kind == "state":
                 if entry.state not in (QUEUED, CLAIMED, FETCHING):
                     self._fetch_over(job_id)
+                elif entry.state == QUEUED and getattr(self, "_fetch_closed", None) == job_id:
+                    await self._renew_clone(job_id)  # handed back after its fetch
                 if entry.state == RUNNING:
                     return await self._notebook_url(job_id)
                 if entry.state in TERMINAL:

@@ -7,6 +7,7 @@ with ``rt-``, images with ``booklab-rt/``; both are removed at the end.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
@@ -21,7 +22,7 @@ import requests
 
 from booklab_spawner import conf as confmod
 from booklab_spawner.crypto import SecretBox, Signer
-from booklab_spawner.jobs import JobStore, encode_fields, new_job_id
+from booklab_spawner.jobs import CLONE_RENEWED, JobStore, encode_fields, new_job_id
 from booklab_spawner.runner.network import LABEL as NETWORK_LABEL
 from booklab_spawner.runner.network import NotebookNetwork
 from tests.conftest_stack import BIN, DEMO_DOCKERFILE, Process, notebook
@@ -121,6 +122,7 @@ class LaunchDouble:
         self.redis, self.keys = redis, keys
         self.box = SecretBox(token)
         self.signer = Signer(token)
+        self._renewers: list[asyncio.Task] = []
         self.gitlab = gitlab
         self.jupyter_token = secrets.token_hex(16)
         self.conf = confmod.RunnerConf(gitlab_url=gitlab.url, network="host",
@@ -155,7 +157,32 @@ class LaunchDouble:
         blob = self.box.seal(job_id, record, {"env": {"JUPYTER_TOKEN": self.jupyter_token},
                                               "clone": clone})
         await self.store.create(job_id, record, blob)
+        self._renewers.append(asyncio.ensure_future(self._renew_on_requeue(job_id, clone)))
         return job_id
+
+    async def _renew_on_requeue(self, job_id: str, clone: dict) -> None:
+        """As the hub does: a job handed back after its fetch (the runner dropped the clone
+        credential) gets it again, announced by a ``clone-renewed`` log line."""
+        fetched = False
+        async for entry in self.store.follow_log(job_id, block_ms=1000,
+                                                 until=("running", "stopped", "failed")):
+            if entry is None or entry.kind != "state":
+                continue
+            if entry.state not in ("queued", "claimed", "fetching"):
+                fetched = True
+            elif entry.state == "queued" and fetched:
+                job = await self.store.get(job_id)
+                sealed = self.box.open(await self.store.secrets(job_id) or "", job)
+                rest = {k: v for k, v in sealed.items() if k not in ("job", "bound")}
+                await self.store.replace_secrets(
+                    job_id, self.box.seal(job_id, job, {**rest, "clone": clone}))
+                await self.store.log(job_id, "Clone credential renewed", CLONE_RENEWED)
+                fetched = False
+
+    async def close(self) -> None:
+        for task in self._renewers:
+            task.cancel()
+        await asyncio.gather(*self._renewers, return_exceptions=True)
 
     user = "alice"
 
@@ -216,8 +243,10 @@ def demo_project(gitlab_ssh):
 
 
 @pytest.fixture
-def launcher(redis, keys, rt_token, demo_project):
-    return LaunchDouble(redis, keys, rt_token, demo_project)
+async def launcher(redis, keys, rt_token, demo_project):
+    double = LaunchDouble(redis, keys, rt_token, demo_project)
+    yield double
+    await double.close()
 
 
 @pytest.fixture

@@ -156,3 +156,29 @@ def test_developer_launch_end_to_end_runner_never_sees_the_users_token(
 def _job_log(redis_server, hub, job_id: str) -> str:
     entries = rdb(redis_server).xrange(f"{hub.key_prefix}log:{job_id}")
     return "\n".join(fields.get("message", "") for _, fields in entries)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
+        make_hub, hb_runner, hb_gitlab, redis_server, runner_token):
+    """The first runner fetched (its grant is gone) and shuts down mid-build; the hub
+    renews the grant and the next runner fetches and starts the notebook."""
+    hb_gitlab.commit("demo/hello", "main", {
+        "Dockerfile": DEMO_DOCKERFILE + "RUN echo handback-build && sleep 30\n"})
+    hub = make_hub()
+    first = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
+    (job,) = wait_until(lambda: jobs_of(redis_server, hub, "alice", "again"), 30, "job")
+    wait_until(lambda: "handback-build" in _job_log(redis_server, hub, job["id"]), 300,
+               "the build started")
+    assert not rdb(redis_server).exists(f"{hub.key_prefix}git_grant:{job['id']}")
+    first.stop()  # SIGTERM: the job goes back to the queue
+    hb_runner(hub)
+    wait_ready(hub, "alice", "again")
+    log = _job_log(redis_server, hub, job["id"])
+    assert "The hub renewed the clone credential for another fetch" in log
+    assert log.count("Fetching through the hub's read-only git proxy") == 2
+    hub.api("DELETE", "/users/alice/servers/again")

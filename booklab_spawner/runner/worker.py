@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .app import Runner
 
 log = logging.getLogger(__name__)
+RENEW_WAIT = 60  # seconds a runner waits for the hub to renew a used clone credential
 
 
 class Aborted(Exception):
@@ -148,6 +149,8 @@ class JobWorker:
         self.runner.signer.check_job(job)  # the copy the rest of the pipeline acts on
         sha, ref = job["sha"], job["ref"]
         await self.step(J.FETCHING, f"Fetching {job['project']} at {ref} ({sha[:12]})")
+        if not clone.get("method"):
+            clone = await self._renewed_clone()
         method = clone.get("method")
         try:
             if method == "ssh":
@@ -166,10 +169,30 @@ class JobWorker:
                 await fetch.fetch(url, ref, sha, checkout, clone["username"],
                                   clone["password"], self.say)
             else:
-                raise FetchFailed("This launch's clone credential was already used (its "
-                                  "fetch ended on another runner or attempt): launch again")
+                raise FetchFailed(f"Unknown clone method {method!r}")
         finally:
             await self._forget_clone()
+
+    async def _renewed_clone(self) -> dict[str, str]:
+        """A job handed back after its fetch has no clone credential any more: wait (on
+        the job's log, not a timer) until the hub renews it."""
+        last = await self.store.redis.xrevrange(self.store.keys.log(self.job_id), count=1)
+        after = last[0][0] if last else "0-0"
+        clone = (await self._secrets())["clone"]  # renewed already?
+        if clone.get("method"):
+            return clone
+        await self.say("This job was fetched before by a runner that stopped: waiting for "
+                       "the hub to renew its clone credential")
+        deadline = asyncio.get_running_loop().time() + RENEW_WAIT
+        async for entry in self.store.follow_log(self.job_id, after=after, block_ms=2000,
+                                                 until=()):
+            if entry is not None and entry.kind == "log" and entry.phase == J.CLONE_RENEWED:
+                return (await self._secrets())["clone"]
+            if asyncio.get_running_loop().time() > deadline:
+                break
+        raise FetchFailed("This launch's clone credential was used by a runner that "
+                          f"stopped, and the hub did not renew it within {RENEW_WAIT} s: "
+                          "launch again")
 
     async def _ensure_image(self, job: dict[str, str], checkout: str, conf: RunnerConf) -> str:
         env = await cache.environment(checkout, conf.user_id, conf.user_name)
