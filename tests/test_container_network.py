@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,9 +22,10 @@ from contextlib import contextmanager
 
 import pytest
 import redis as redis_sync
+import redis.asyncio as aioredis
 
 from booklab_spawner.runner.network import NotebookNetwork
-from tests.conftest_runner import rt_network
+from tests.conftest_runner import LaunchDouble, rt_network
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REDIS_PASSWORD = "booklab-test-redis"
@@ -211,3 +213,79 @@ async def test_firewall_is_idempotent_across_restarts_and_removed_without_trace(
     NotebookNetwork(rt_docker, name).remove()
     assert iptables_lines(name) == []
     assert not rt_docker.networks.list(names=[name])
+
+
+GREETER = ("import socket, sys\n"
+           "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+           "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()\n"
+           "while True:\n    c = s.accept()[0]; c.sendall(b'far service\\n'); c.close()\n")
+
+
+@pytest.fixture
+def far_host(rt_docker, tmp_path):
+    """Another machine (the hub node): a network namespace behind a veth pair,
+    routed from the runner host, running a real redis-server and a TCP service."""
+    tag = secrets.token_hex(2)
+    ns, veth, peer = f"blt-{tag}", f"blt{tag}h", f"blt{tag}n"
+    net = ipaddress.ip_network(free_subnet(rt_docker))
+    host_ip, far_ip = str(net[1]), str(net[2])
+    procs: list[subprocess.Popen] = []
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def run_there(*cmd: str) -> None:
+        procs.append(subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", *cmd],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+        sh("ip", "link", "set", peer, "netns", ns)
+        sh("ip", "addr", "add", f"{host_ip}/{net.prefixlen}", "dev", veth)
+        sh("ip", "link", "set", veth, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{far_ip}/{net.prefixlen}", "dev", peer)
+        sh("ip", "-n", ns, "link", "set", peer, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", host_ip)
+        run_there(shutil.which("redis-server") or "/usr/bin/redis-server", "--port", "6390",
+                  "--bind", far_ip, "--requirepass", REDIS_PASSWORD, "--save", "",
+                  "--dir", str(tmp_path))
+        run_there(shutil.which("python3"), "-c", GREETER, far_ip, "7000")
+        client = redis_sync.Redis(host=far_ip, port=6390, password=REDIS_PASSWORD,
+                                  socket_timeout=2)
+        for _ in range(100):
+            try:
+                client.ping()
+                if host_connects(far_ip, 7000):
+                    break
+            except (redis_sync.ConnectionError, OSError):
+                threading.Event().wait(0.05)
+        yield far_ip
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+async def test_notebook_cannot_reach_the_runners_redis_on_another_machine(
+        far_host, rt_runners, rt_docker, rt_token, keys, demo_project):
+    url = f"redis://:{REDIS_PASSWORD}@{far_host}:6390/0"
+    far_redis = aioredis.from_url(url, decode_responses=True)
+    try:
+        launcher = LaunchDouble(far_redis, keys, rt_token, demo_project)
+        launcher.conf.network = "bridge"
+        rt_runners.start("far", f"--redis-url={url}")
+        job_id = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}))
+        job = await launcher.wait_state(job_id, "running")  # the runner itself uses that Redis
+        container = rt_docker.containers.get(job["container"])
+        # that machine is reachable from the notebook (the internet, the hub, ...) ...
+        assert probe(container, far_host, 7000) == "open b'far service\\n'"
+        # ... but not its Redis, the runner's own
+        assert probe(container, far_host, 6390).startswith("closed"), probe(container, far_host,
+                                                                            6390)
+        assert (await launcher.stop(job_id))["state"] == "stopped"
+    finally:
+        await far_redis.aclose()
