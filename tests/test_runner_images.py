@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -37,7 +38,10 @@ class Repo:
         self.git("commit", "-q", "--allow-empty", "-m", "change")
 
     async def env(self) -> cache.Environment:
-        return await cache.environment(str(self.path), 1000, "jovyan")
+        return await cache.environment(str(self.path / ".git"), "HEAD", 1000, "jovyan")
+
+    def link(self, name: str, target: str) -> None:
+        (self.path / name).symlink_to(target)
 
 
 @pytest.fixture
@@ -72,6 +76,9 @@ async def test_binder_dir_is_the_only_place_read_when_present(repo):
     {"setup.py": "from setuptools import setup\nsetup()\n"},
     {"requirements.txt": "-e .\n"},
     {"pyproject.toml": "[project]\nname='x'\n[build-system]\nrequires=[]\n"},
+    # a Dockerfile may COPY and RUN any file of the repository
+    {"Dockerfile": "FROM x\nCOPY . /src\n"},
+    {"binder/Dockerfile": "FROM x\n", "binder/requirements.txt": "x\n"},
 ])
 async def test_builds_that_read_every_file_key_on_the_whole_tree(repo, files):
     repo.commit({**files, "a.ipynb": "{}"})
@@ -81,9 +88,36 @@ async def test_builds_that_read_every_file_key_on_the_whole_tree(repo, files):
     assert (await repo.env()).hash != base.hash
 
 
-def test_image_name_is_from_project_id_and_environment():
-    name = cache.image_name("booklab/", "42", "Group/My Project", "ab" * 32)
-    assert name == "booklab/42-group-my-project:env-abababababababab"
+def test_image_name_is_readable_before_the_tag_and_unguessable_after_it():
+    key = cache.name_key("t" * 64)
+    name = cache.image_name("booklab/", "42", "Group/My Project", "ab" * 32, key)
+    assert name.startswith("booklab/42-group-my-project:env-")
+    tag = name.split(":env-")[1]
+    assert len(tag) == 32 and "ab" * 8 not in tag
+    # another runner token, another project: another name
+    assert cache.image_name("booklab/", "42", "Group/My Project", "ab" * 32,
+                            cache.name_key("u" * 64)) != name
+    assert cache.image_name("booklab/", "43", "Group/My Project", "ab" * 32, key) != name
+
+
+async def test_a_linked_environment_file_keys_on_the_whole_tree(repo):
+    repo.commit({"envs/req.txt": "numpy\n", "a.ipynb": "{}"})
+    repo.link("requirements.txt", "envs/req.txt")
+    repo.commit({})
+    base = await repo.env()
+    assert base.whole_tree  # its content is another file's: any change may matter
+    repo.commit({"envs/req.txt": "numpy\npandas\n"})
+    assert (await repo.env()).hash != base.hash
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "pyproject.toml"])
+async def test_classifying_files_never_follows_a_link_out_of_the_repository(repo, name):
+    # read through the link, /dev/zero would never end; git's object store holds the
+    # link's target text, which is all Booklab reads
+    repo.link(name, "/dev/zero")
+    repo.commit({"a.ipynb": "{}"})
+    env = await asyncio.wait_for(repo.env(), 30)
+    assert env.whole_tree and name in env.files
 
 
 @pytest.mark.docker

@@ -30,7 +30,7 @@ from ..crypto import SecretBox, Signer, check_runner_token
 from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect
-from . import fetch
+from . import cache, fetch
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
 from .launch import ContainerPolicy, Launcher
@@ -57,6 +57,7 @@ class Runner:
         self.box = SecretBox(app.runner_token)
         self.signer = Signer(app.runner_token)  # conf and jobs are checked with it
         self.gitlab_url, self.hub_url = app.gitlab_url, app.hub_url  # win over conf
+        self.name_key = cache.name_key(app.runner_token)  # image names no build can guess
         self.launcher = Launcher(self.runner_id, app.advertise_host,
                                  policy=app.container_policy(), network=app.notebook_net())
         self.images = ImageCache(self.redis, self.keys, self.runner_id, self.launcher,
@@ -83,12 +84,22 @@ class Runner:
         conf.hub_url = self.hub_url or conf.hub_url
         return conf
 
+    async def _isolate(self) -> None:
+        """Bridge mode: the notebook network and firewall, before any container is
+        adopted (rules a reboot or a firewall reload lost come back now)."""
+        try:
+            if (await self.conf()).network == "bridge" and self.launcher.network:
+                await self.launcher.network.ensure()
+        except Exception as e:  # every bridge launch tries again and says why
+            log.error("notebook network not ready: %s", e)
+
     async def run(self) -> None:
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         fetch.sweep_work_dir(self.work_dir)  # keys and checkouts a killed runner left
         await runners.register(self.redis, self.keys, self.runner_id, self.info())
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
+        await self._isolate()
         await reconcile(self)
         await self._evict()
         tasks = [

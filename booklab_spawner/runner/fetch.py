@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from ..exceptions import FetchFailed
+from . import gitsafe
 
 LogLine = Callable[[str], Awaitable[None]]
 
@@ -79,12 +80,7 @@ def check_ssh_url(ssh_url: str) -> str:
 
 
 def _base_env(home: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": home,  # no user or system git config leaks in
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-    }
+    return gitsafe.base_env(home)  # nothing of the repository configures git
 
 
 def ssh_env(home: str, private_key: str, known_hosts: str) -> dict[str, str]:
@@ -133,7 +129,7 @@ def git_env(home: str, username: str, password: str) -> dict[str, str]:
 async def run_git(args: list[str], env: dict[str, str], log_line: LogLine,
                   cwd: str | None = None) -> int:
     proc = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+        *gitsafe.args(*args), cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
@@ -176,18 +172,22 @@ async def fetch_ssh(ssh_url: str, ref: str, sha: str, dest: str, private_key: st
 
 async def checkout(url: str, ref: str, sha: str, dest: str, env: dict[str, str],
                    log_line: LogLine) -> None:
-    """A shallow fetch of exactly ``sha`` (falling back to ``ref``), checked out detached."""
-    if await run_git(["init", "-q", dest], env, log_line):
+    """A shallow fetch of exactly ``sha`` (falling back to ``ref``), checked out into
+    the new directory ``dest``, whose git directory is :func:`gitsafe.git_dir` (``dest``
+    itself has no ``.git``: what the build and the notebook get is the commit's files)."""
+    gitdir = gitsafe.git_dir(dest)
+    if await run_git(["init", "-q", "--bare", "--template=", gitdir], env, log_line):
         raise FetchFailed("git init failed")
+    git = ["--git-dir", gitdir]
     # GitLab allows wants by sha (uploadpack.allowAnySHA1InWant)
-    code = await run_git(["fetch", "--depth", "1", "--no-tags", "--", url, sha],
-                         env, log_line, cwd=dest)
+    code = await run_git([*git, "fetch", "--depth", "1", "--no-tags", "--", url, sha],
+                         env, log_line)
     if code:
         await log_line(f"Fetching the commit directly failed; fetching {ref} instead")
-        code = await run_git(["fetch", "--no-tags", "--", url, ref], env, log_line, cwd=dest)
+        code = await run_git([*git, "fetch", "--no-tags", "--", url, ref], env, log_line)
     if code:
         raise FetchFailed(f"git fetch of {url} failed (exit code {code}); see the log above")
-    if await run_git(["checkout", "-q", "--detach", sha], env, log_line, cwd=dest):
+    os.makedirs(dest, mode=0o755)
+    if await run_git([*git, "--work-tree", dest, "checkout", "-q", "--detach", "-f", sha],
+                     env, log_line):
         raise FetchFailed(f"commit {sha} is not in the fetched history of {ref}")
-    # give the notebook a usable remote, without any credential in it
-    await run_git(["remote", "add", "origin", url], env, log_line, cwd=dest)

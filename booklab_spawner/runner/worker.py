@@ -15,7 +15,7 @@ from .. import jobs as J
 from ..conf import RunnerConf
 from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
 from ..scrub import Scrubber
-from . import build, cache, fetch
+from . import build, cache, fetch, gitsafe, tree
 from .buildlock import BuildLock
 from .launch import ContainerExited, exit_message, pack
 
@@ -131,6 +131,9 @@ class JobWorker:
         try:
             checkout = os.path.join(workdir, "repo")
             await self._fetch(job, secrets["clone"], conf, checkout)
+            # before anything on this host reads the checkout: no link may leave it
+            tree.check_links(checkout, await cache.tree_entries(gitsafe.git_dir(checkout),
+                                                                job["sha"]))
             self.image = await self._ensure_image(job, checkout, conf)
             content = await asyncio.to_thread(pack, checkout, os.path.join(workdir, "repo.tar"),
                                                conf.user_id)
@@ -195,8 +198,10 @@ class JobWorker:
                           "launch again")
 
     async def _ensure_image(self, job: dict[str, str], checkout: str, conf: RunnerConf) -> str:
-        env = await cache.environment(checkout, conf.user_id, conf.user_name)
-        image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash)
+        env = await cache.environment(gitsafe.git_dir(checkout), job["sha"], conf.user_id,
+                                      conf.user_name)
+        image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash,
+                                 self.runner.name_key)
         await self.step(J.BUILDING, f"Image {image}, from {env.describe()}")
         lock = BuildLock(self.runner.redis, self.runner.keys, cache.image_key(image),
                          self.runner.runner_id, self.job_id)
@@ -208,7 +213,10 @@ class JobWorker:
             if await lock.acquire():
                 async with lock.kept():
                     if not await launcher.image_exists(image):
-                        await build.build(checkout, image, conf.user_id, conf.user_name,
+                        context = tree.build_context(
+                            checkout, checkout + ".context",
+                            None if env.whole_tree else env.files)
+                        await build.build(context, image, conf.user_id, conf.user_name,
                                           conf.build_timeout, self._build_line)
                 await self.runner.images.touch(image)
                 await self.say(f"Built image {image}")

@@ -26,7 +26,7 @@ from .store import (
 )
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-Files = dict[str, "str | bytes | None"]
+Files = dict[str, "gitrepo.FileValue"]  # str/bytes, Symlink, Executable; None deletes
 
 
 def _check_path(path: str) -> list[str]:

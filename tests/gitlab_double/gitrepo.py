@@ -21,6 +21,18 @@ _COMMIT_FIELDS = 9
 _COMMIT_FORMAT = "%x00".join(["%H", "%P", "%an", "%ae", "%aI", "%cn", "%ce", "%cI", "%B"]) + "%x00"
 
 
+@dataclass(frozen=True)
+class Symlink:
+    """A file value for :func:`commit_files`: a symbolic link to ``target``."""
+    target: str
+
+
+@dataclass(frozen=True)
+class Executable:
+    """A file value for :func:`commit_files`: an executable file (mode 100755)."""
+    content: str | bytes
+
+
 class GitError(RuntimeError):
     pass
 
@@ -66,7 +78,10 @@ def rev_parse(repo: Path, ref: str) -> str | None:
         return None
 
 
-def commit_files(repo: Path, branch: str, files: dict[str, str | bytes | None], message: str,
+FileValue = str | bytes | Symlink | Executable | None
+
+
+def commit_files(repo: Path, branch: str, files: dict[str, FileValue], message: str,
                  base: str | None, author: tuple[str, str] = AUTHOR) -> str:
     """Commit `files` (None deletes) on top of `base` and move `branch` there."""
     _git(repo, "check-ref-format", f"refs/heads/{branch}")
@@ -79,9 +94,14 @@ def commit_files(repo: Path, branch: str, files: dict[str, str | bytes | None], 
             if content is None:  # mode 0 removes the entry
                 entries.append(f"0 {'0' * 40}\t{path}\0")
                 continue
+            mode = "100644"
+            if isinstance(content, Symlink):
+                mode, content = "120000", content.target
+            elif isinstance(content, Executable):
+                mode, content = "100755", content.content
             data = content.encode() if isinstance(content, str) else content
             blob = _git(repo, "hash-object", "-w", "--stdin", data=data)
-            entries.append(f"100644 {blob}\t{path}\0")
+            entries.append(f"{mode} {blob}\t{path}\0")
         _git(repo, "update-index", "-z", "--index-info", data="".join(entries).encode(),
              env=index)
         tree = _git(repo, "write-tree", env=index)
