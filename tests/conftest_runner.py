@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import docker.errors
 import pytest
 import requests
 
@@ -62,14 +63,22 @@ def rt_docker():
     remove_rt_networks(client)
 
 
+# runner ids this test process started: only their containers are removed, so that
+# two test sessions on one machine (developers in parallel) leave each other alone
+_STARTED: set[str] = set()
+
+
 def _cleanup_docker(client) -> None:
     for c in client.containers.list(all=True, filters={"label": "org.booklab.runner"}):
-        if c.labels.get("org.booklab.runner", "").startswith(RT_RUNNER_PREFIX):
+        if c.labels.get("org.booklab.runner", "") in _STARTED:
             c.remove(force=True)
     for image in client.images.list():
         for tag in image.tags:
             if tag.startswith(RT_IMAGE_PREFIX):
-                client.images.remove(tag, force=True)
+                try:  # not forced: an image another session's container runs stays
+                    client.images.remove(tag)
+                except docker.errors.APIError:
+                    pass
 
 
 @pytest.fixture
@@ -269,6 +278,7 @@ def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
             proc = RunnerProcess(f"{RT_RUNNER_PREFIX}{name}", redis_server.url, rt_token,
                                  keys.prefix, work, *extra)
             started.append(proc)
+            _STARTED.add(proc.runner_id)
             return proc
 
     yield Factory()
@@ -278,8 +288,9 @@ def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
     if rep is not None and rep.failed:
         for proc in started:
             print(f"\n===== {proc.runner_id} log =====\n{proc.output()[-6000:]}")
+    ours = {proc.runner_id for proc in started}
     for c in rt_docker.containers.list(all=True, filters={"label": "org.booklab.runner"}):
-        if c.labels.get("org.booklab.runner", "").startswith(RT_RUNNER_PREFIX):
+        if c.labels.get("org.booklab.runner", "") in ours:
             c.remove(force=True)
     for name in networks:
         NotebookNetwork(rt_docker, name).remove()
