@@ -16,7 +16,7 @@ import pytest
 
 from booklab_spawner.runner import cache
 from tests.conftest_runner import RT_DOCKERFILE, RT_IMAGE_PREFIX, notebook
-from tests.gitlab_double.gitrepo import Symlink
+from tests.gitlab_double.gitrepo import Executable, Symlink
 from tests.services import NOTEBOOK_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -40,11 +40,12 @@ async def test_git_config_in_the_repository_configures_nothing_on_the_runner(
     """A committed .gitconfig (git's global config when HOME is the checkout), an XDG
     config, attributes naming filters and an include: none of it reaches git."""
     markers = {name: tmp_path / f"planted-{name}" for name in
-               ("trace2", "fsmonitor", "smudge", "xdg", "include", "pager")}
+               ("trace2", "fsmonitor", "smudge", "xdg", "include", "pager", "hook")}
     gitconfig = (
         f"[trace2]\n\teventTarget = {markers['trace2']}\n\tnormalTarget = {markers['trace2']}\n"
         f"[core]\n\tfsmonitor = \"touch {markers['fsmonitor']}\"\n"
         f"\tpager = touch {markers['pager']}\n"
+        "\thooksPath = .githooks\n"
         f"[filter \"evil\"]\n\tsmudge = \"touch {markers['smudge']}; cat\"\n"
         "\trequired = true\n"
         "[include]\n\tpath = .config/extra\n"
@@ -54,6 +55,8 @@ async def test_git_config_in_the_repository_configures_nothing_on_the_runner(
         ".config/git/config": f"[trace2]\n\teventTarget = {markers['xdg']}\n",
         ".config/extra": f"[trace2]\n\tperfTarget = {markers['include']}\n",
         ".gitattributes": "*.ipynb filter=evil\n",
+        ".githooks/post-checkout": Executable(f"#!/bin/sh\ntouch {markers['hook']}\n"),
+        ".githooks/reference-transaction": Executable(f"#!/bin/sh\ntouch {markers['hook']}\n"),
     })
     rt_runners.start("gitcfg")
     job_id = await launcher.launch("demo/hello", sha)
