@@ -11,6 +11,7 @@ runner restart and nothing is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import secrets
@@ -18,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -120,8 +122,14 @@ def host_connects(host: str, port: int) -> bool:
 
 
 def iptables_lines(name: str) -> list[str]:
+    """Every rule that mentions the network (Docker's own included)."""
     out = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if name in line or name.upper() in line]
+
+
+def runner_rules(name: str) -> list[str]:
+    """The runner's chains and the jumps to them, sorted."""
+    return sorted(line for line in iptables_lines(name) if name.upper() in line)
 
 
 async def test_notebooks_reach_neither_each_other_nor_the_host_nor_redis(
@@ -198,7 +206,7 @@ async def test_firewall_is_idempotent_across_restarts_and_removed_without_trace(
         runner = rt_runners.start("idem", "--notebook-deny=198.51.100.0/24")
         job_id = await launcher.launch("demo/hello", sha)
         await launcher.wait_state(job_id, "running")
-        snapshots.append(sorted(iptables_lines(name)))
+        snapshots.append(runner_rules(name))
         assert (await launcher.stop(job_id))["state"] == "stopped"
         runner.stop()
     assert snapshots[0] == snapshots[1]
@@ -209,6 +217,17 @@ async def test_firewall_is_idempotent_across_restarts_and_removed_without_trace(
             "-j REJECT --reject-with icmp-port-unreachable") in rules
     network = rt_docker.networks.get(name)
     assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+
+    # a firewall reload drops the jumps: the next runner start puts them back,
+    # before it adopts or starts anything
+    subprocess.run(["iptables", "-D", "INPUT", "-i", name, "-j", f"{name.upper()}-IN"],
+                   check=True)
+    assert runner_rules(name) != rules
+    rt_runners.start("idem", "--notebook-deny=198.51.100.0/24")
+    deadline = time.monotonic() + 30
+    while runner_rules(name) != rules and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert runner_rules(name) == rules
 
     NotebookNetwork(rt_docker, name).remove()
     assert iptables_lines(name) == []
