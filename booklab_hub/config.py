@@ -147,7 +147,8 @@ SETTINGS: list[Setting] = [
             "runners act on in Redis (conf, jobs, notebook URLs).",
             env="BOOKLAB_RUNNER_TOKEN", check=_token, secret=True),
     Setting("runners.network", str, "bridge", "'bridge' (publish the notebook port on the "
-            "runner's address) or 'host' (share the runner's network).",
+            "runner's address; notebooks isolated, see docs/runner.md) or 'host' (share the "
+            "runner's network: development only, no network isolation).",
             check=_choice("bridge", "host")),
     Setting("runners.image_prefix", str, "booklab/", "Prefix of built image names."),
     Setting("runners.build_timeout", int, 3600, "Seconds one build may take.",
@@ -160,8 +161,10 @@ SETTINGS: list[Setting] = [
     Setting("runners.start_timeout", int, 0, "Seconds a launch may take in all before "
             "JupyterHub gives up (0: queue + build + container start timeouts plus a "
             "margin, so that the message says which phase ran out).", check=_non_negative),
-    Setting("runners.mem_limit", str, "", "Memory limit per notebook, e.g. 2G (empty: none)."),
-    Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: none).",
+    Setting("runners.mem_limit", str, "", "Memory limit per notebook, e.g. 2G (empty: the "
+            "runner's --default-mem-limit, 2G unless its operator says otherwise)."),
+    Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: the runner's "
+            "--default-cpu-limit, 1.0 unless its operator says otherwise).",
             check=_non_negative),
 ]
 
