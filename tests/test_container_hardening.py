@@ -184,3 +184,28 @@ def test_runner_options_give_the_documented_defaults():
     app.parse_command_line(["--pids-limit=64", "--default-mem-limit=512M",
                             "--default-cpu-limit=1.5"])
     assert app.container_policy() == ContainerPolicy(64, 512 * 1024 ** 2, 1.5)
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--notebook-allow=hub.example.org:8081"], "IPv4ADDRESS:PORT"),
+    (["--notebook-allow=10.0.0.5:99999"], "port 1-65535"),
+    (["--notebook-deny=10.0.0.0/33"], "IPv4 network"),
+    (["--notebook-network=a-name-longer-than-15"], "1-15 characters"),
+    (["--notebook-subnet=10.0.0.0/8/8"], "Only one ./. permitted"),
+])
+def test_runner_network_options_refuse_bad_values(args, error):
+    with pytest.raises(Exception, match=error):
+        RunnerApp().parse_command_line(args)
+
+
+def test_runner_network_options_reach_the_network():
+    app = RunnerApp()
+    app.parse_command_line(["--notebook-allow=10.0.0.5:8081", "--notebook-allow=10.0.0.5:53/udp",
+                            "--notebook-deny=10.0.0.0/24", "--notebook-network=nb0",
+                            "--redis-url=redis://10.0.0.7:6380/0", "--no-firewall"])
+    net = app.notebook_net()
+    assert (net.name, net.chains, net.firewall) == ("nb0", ("NB0-IN", "NB0-FWD"), False)
+    assert [(r.net, r.port, r.proto) for r in net.allow] == [("10.0.0.5", 8081, "tcp"),
+                                                              ("10.0.0.5", 53, "udp")]
+    # Redis (from --redis-url) first, then the operator's networks
+    assert [(r.net, r.port) for r in net.deny] == [("10.0.0.7", 6380), ("10.0.0.0/24", 0)]
