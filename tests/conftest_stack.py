@@ -46,6 +46,12 @@ WORKDIR /home/jovyan
 """
 
 
+def slow_build_step(marker: str, seconds: int) -> str:
+    """A Dockerfile line that takes ``seconds`` in every build: a nonce keeps BuildKit's
+    layer cache from answering it with the layer of an earlier build of the same files."""
+    return f"RUN echo {marker} {secrets.token_hex(8)} && sleep {seconds}\n"
+
+
 def notebook(text: str) -> str:
     """A minimal notebook with one markdown cell."""
     return json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": [text]}],

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest_runner import notebook
+from tests.conftest_stack import slow_build_step
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ async def test_two_concurrent_jobs_for_one_image_build_once(
         launcher, rt_runners, rt_docker, demo_project):
     # a build slow enough that the second job arrives while it runs
     sha = demo_project.commit("demo/hello", "main", {
-        "Dockerfile": demo_project_dockerfile() + "RUN sleep 8\n"})
+        "Dockerfile": demo_project_dockerfile() + slow_build_step("dedupe", 8)})
     rt_runners.start("dedupe-a")
     rt_runners.start("dedupe-b")
     jobs = [await launcher.launch("demo/hello", sha) for _ in range(2)]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.conftest_runner import RT_DOCKERFILE
+from tests.conftest_stack import slow_build_step
 from tests.test_runner_recovery import wait_log
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -55,7 +56,7 @@ async def _changed(redis, key, old):
 async def test_sigterm_mid_build_hands_the_job_back(
         rt_runners, redis, keys, launcher, demo_project):
     sha = demo_project.commit("demo/hello", "main", {
-        "Dockerfile": RT_DOCKERFILE + "RUN echo handback-step && sleep 30\n"})
+        "Dockerfile": RT_DOCKERFILE + slow_build_step("handback-step", 30)})
     runner = rt_runners.start("leaving")
     job_id = await launcher.launch("demo/hello", sha)
     await wait_log(launcher, job_id, "handback-step")

@@ -9,6 +9,7 @@ import pytest
 from docker.errors import NotFound
 
 from tests.conftest_runner import RT_DOCKERFILE, notebook
+from tests.conftest_stack import slow_build_step
 from tests.services import NOTEBOOK_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -24,7 +25,7 @@ async def wait_log(launcher, job_id: str, text: str, timeout: float = 300) -> No
 async def test_sigkill_mid_build_requeues_job_to_another_runner_within_45s(
         launcher, rt_runners, rt_docker, demo_project, redis, keys):
     sha = demo_project.commit("demo/hello", "main", {
-        "Dockerfile": RT_DOCKERFILE + "RUN echo slow-build-step && sleep 20\n"})
+        "Dockerfile": RT_DOCKERFILE + slow_build_step("slow-build-step", 20)})
     doomed = rt_runners.start("doomed")
     job_id = await launcher.launch("demo/hello", sha)
     await wait_log(launcher, job_id, "slow-build-step")
