@@ -21,6 +21,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
+from booklab_hub.handlers.buildlog import MAX_STREAMS_PER_USER
 from booklab_spawner import validate as check
 from tests.conftest_stack import Hub, seed_demo
 from tests.gitlab_double import GitLabDouble
@@ -117,8 +118,13 @@ def assert_nothing_invalid_queued(hub: Hub) -> None:
         assert check.ref(job["ref"]) == job["ref"], job
         assert check.commit_sha(job["sha"]) == job["sha"], job
         assert job["user"] == "alice" and job["project"] == "demo/hello", job
-    for job_id in rdb(hub).lrange(f"{hub.key_prefix}queue", 0, -1):
+    r = rdb(hub)
+    for job_id in r.lrange(f"{hub.key_prefix}queue", 0, -1):
         assert job_id in jobs, job_id
+    assert set(r.hkeys(f"{hub.key_prefix}status")) <= set(jobs)
+    for kind in ("log", "token"):  # no log or secret of a job that is not there
+        for key in r.scan_iter(f"{hub.key_prefix}{kind}:*"):
+            assert key.split(":", 2)[-1] in jobs, key
 
 
 def server_errors(hub: Hub, since: int) -> list[str]:
@@ -216,6 +222,65 @@ def test_a_good_launch_link_path_is_kept_for_the_confirmation(hr_hub, alice):
     assert "lab/tree/notebooks/my%20file.ipynb" in html.unescape(r.text)
 
 
+# -- many build-log streams ---------------------------------------------------------------
+def test_open_build_log_streams_cannot_exhaust_the_hub(hr_hub, alice, queued):
+    """Each open build-log stream waits on Redis with a connection of the hub's pool
+    (100). One person opening streams without end (a script, or many tabs) must not
+    make every Booklab page and launch fail with 500 "Too many connections": past
+    MAX_STREAMS_PER_USER they get 429, and a closed stream gives its place back at once."""
+    url = direct(hr_hub) + f"/hub/booklab/api/jobs/{queued['id']}/events"
+    page = direct(hr_hub) + f"/hub/booklab/jobs/{queued['id']}"
+    opened: list[requests.Response] = []
+    statuses: list[int] = []
+    since = len(hr_hub.process.output())
+    try:
+        for _ in range(110):
+            r = alice.get(url, stream=True, timeout=60)
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                opened.append(r)
+            else:
+                r.close()
+        assert 500 not in statuses, statuses
+        assert statuses.count(200) == MAX_STREAMS_PER_USER, statuses
+        assert set(statuses[MAX_STREAMS_PER_USER:]) == {429}
+        assert alice.get(page, timeout=60).status_code == 200  # the hub still works
+        bob = hr_hub.login("bob", "bob-pw")  # and so does everyone else's stream
+        with bob.get(direct(hr_hub) + "/hub/booklab/api/jobs/x/events", stream=True,
+                     timeout=60) as r:
+            assert r.status_code == 404
+    finally:
+        for r in opened:
+            r.close()
+    # the closed streams' places come back as soon as the hub sees them close
+    deadline = time.monotonic() + 5
+    while True:
+        with alice.get(url, stream=True, timeout=60) as r:
+            if r.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "closed streams still count after 5 s"
+        time.sleep(0.2)
+    assert server_errors(hr_hub, since) == []
+
+
+def test_a_quiet_build_log_stream_gets_keepalives_and_no_error(hr_hub, alice, queued):
+    """A job waiting for a runner logs nothing: the stream sends keepalive comments
+    (proxies keep it open) instead of failing when Redis's blocking read outlasts the
+    client's socket timeout."""
+    url = direct(hr_hub) + f"/hub/booklab/api/jobs/{queued['id']}/events"
+    since = len(hr_hub.process.output())
+    start = time.monotonic()
+    keepalives = []
+    with alice.get(url, stream=True, timeout=60) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line == ": keepalive":
+                keepalives.append(time.monotonic() - start)
+            if len(keepalives) == 3 or time.monotonic() - start > 20:
+                break
+    assert len(keepalives) == 3 and keepalives[0] < 6, keepalives
+    assert server_errors(hr_hub, since) == []
+
+
 # -- properties: generated hostile requests through the real hub -------------------------
 def enc(value: str) -> bytes:
     """UTF-8 bytes as a client would send them (a lone surrogate as its 3 bytes)."""
@@ -261,7 +326,8 @@ REFS = st.one_of(st.sampled_from(["main", "no-such-branch", "HEAD", "a" * 40]),
 PATHS = st.one_of(st.sampled_from(ESCAPES),
                   sneaky_text(["lab/tree/hello.ipynb", "tree/a/b", "lab?x=1"]), hostile_text(8))
 HEADER = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF,
-                                        exclude_characters="\x7f"), max_size=40)
+                                        exclude_characters="\x7f"), max_size=40).map(
+    str.lstrip)  # what requests sends at all: no leading (Unicode) whitespace
 
 
 @HUB
@@ -324,7 +390,8 @@ def test_property_build_log_endpoints_never_fail_with_500(hr_hub, alice, queued,
         for path in pages:
             r = alice.get(direct(hr_hub) + path, timeout=60, allow_redirects=False)
             assert_handled(r)
-            for n in re.findall(r'data-next="([^"]*)"', r.text):  # a build page
+            page = r.content.decode("utf-8")  # requests would guess Latin-1 for text/html
+            for n in re.findall(r'data-next="([^"]*)"', page):  # a build page
                 assert n == "" or check.server_path(html.unescape(n)) == html.unescape(n)
         for path in streams:
             with alice.get(direct(hr_hub) + path, headers={"Last-Event-ID": last_id},

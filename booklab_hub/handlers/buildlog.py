@@ -33,6 +33,9 @@ from .launch import launch_error_message, target_path
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 RESOLVE_TIMEOUT = 120  # s a server-keyed stream waits for the launch to create its job
+# open streams per person: each one waits on Redis holding a connection of the hub's
+# pool (100), so one person's script or tabs must not take them all
+MAX_STREAMS_PER_USER = 10
 
 
 def _safe_next(value: str) -> str:
@@ -92,7 +95,9 @@ class JobPageHandler(BuildViewer):
 class EventStream(BuildViewer):
     """Common SSE machinery: headers, events, keepalives, replay and follow."""
 
-    keepalive_ms = 10_000
+    # below redis-py's default socket timeout (5 s): a longer XREAD BLOCK times out
+    # on the client, is retried, and ends the stream with an error after ~36 s
+    keepalive_ms = 4_000
 
     def start_stream(self) -> str:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -150,11 +155,32 @@ class EventStream(BuildViewer):
             return None
         return url_path_join(user.url, url_escape_path(spawner.name), "/")
 
+    _open: dict[str, int] = {}  # person -> streams open in this hub process
+
     async def run(self, coro) -> None:
+        name = self.current_user.name
+        if self._open.get(name, 0) >= MAX_STREAMS_PER_USER:
+            coro.close()
+            raise web.HTTPError(429, "Too many build logs are open at once: close some tabs")
+        self._open[name] = self._open.get(name, 0) + 1
+        self._task = asyncio.ensure_future(coro)
         try:
-            await coro
+            await self._task
         except StreamClosedError:
             pass  # the browser went away; it resumes with Last-Event-ID
+        except asyncio.CancelledError:
+            if not getattr(self, "_gone", False):
+                raise
+        finally:
+            self._open[name] -= 1
+
+    def on_connection_close(self) -> None:
+        """The browser went away: stop waiting on Redis now, not at the next keepalive."""
+        self._gone = True
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
+        super().on_connection_close()
 
 
 class JobEventsHandler(EventStream):
