@@ -10,6 +10,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 _clients: dict[tuple[str, int], aioredis.Redis] = {}
+# redis-py 8 gives up on a reply after 5 s by default, which races Booklab's blocking
+# reads (XREAD BLOCK up to 5 s in the spawner's progress, BLMOVE/BLPOP): a socket
+# timeout well above the longest block a caller asks for
+SOCKET_TIMEOUT = 30.0
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -17,6 +21,7 @@ def connect(url: str) -> aioredis.Redis:
     return aioredis.from_url(
         url,
         decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries=5),
