@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from booklab_spawner.runner import cache
+from booklab_spawner.runner import cache, tree
 from tests.conftest_runner import RT_DOCKERFILE, RT_IMAGE_PREFIX
 from tests.services import NOTEBOOK_IMAGE
 
@@ -152,3 +152,17 @@ async def test_images_past_the_budget_are_evicted_least_recently_launched_first(
     assert set(await redis.hkeys(keys.images("rt-disk"))) == {hello, sea}
     record = await redis.hgetall(keys.runner("rt-disk"))
     assert bee not in json.loads(record.get("images", "[]"))
+
+
+def test_an_environment_keyed_build_sees_only_its_environment_files(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "binder").mkdir(parents=True)
+    (root / "binder" / "requirements.txt").write_text("numpy\n")
+    (root / "binder" / "apt.txt").write_text("curl\n")
+    (root / "secret-notebook.ipynb").write_text("{}")
+    context = tree.build_context(str(root), str(tmp_path / "ctx"),
+                                 ("binder/apt.txt", "binder/requirements.txt"))
+    found = sorted(str(p.relative_to(context)) for p in Path(context).rglob("*"))
+    assert found == ["binder", "binder/apt.txt", "binder/requirements.txt"]
+    # keyed on the whole tree: the checkout itself (it has no .git)
+    assert tree.build_context(str(root), str(tmp_path / "ctx2"), None) == str(root)
