@@ -1,14 +1,16 @@
 """Encryption and signatures for what hub and runners exchange through Redis.
 
-The hub and the runners share one secret, the *runner token*. Two keys are
-derived from it with HKDF (different ``info``, so neither reveals the other):
+The hub and the runners share one secret, the *runner token*. Keys are
+derived from it with HKDF (:func:`derive_key`, a different ``info`` each, so
+none reveals another):
 
 - a Fernet key (AES-128-CBC + HMAC-SHA256) for the job secrets
   (``token:<job>``), each *sealed* to its job: the plaintext names the job id
   and the fields the runner acts on, and :meth:`SecretBox.open` refuses a blob
   whose binding differs from the job record (a transplanted credential);
 - an HMAC-SHA256 key (:class:`Signer`) with which the hub signs the ``conf``
-  hash and each job record, and runners sign the notebook URL they report.
+  hash and each job record, and runners sign the notebook URL they report;
+- on runners, the key of the HMAC in image names (``runner/cache.py``).
 
 A Redis writer without the token can therefore neither read a secret, nor move
 one to a job of its own making, nor change what a runner acts on, nor point the
@@ -54,7 +56,8 @@ def check_runner_token(token: str) -> str:
     return token
 
 
-def _derive(runner_token: str, info: bytes) -> bytes:
+def derive_key(runner_token: str, info: bytes) -> bytes:
+    """A 32-byte key for one purpose (``info``), derived from the runner token with HKDF."""
     check_runner_token(runner_token)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"booklab", info=info).derive(
         runner_token.encode())
@@ -77,7 +80,7 @@ class Signer:
     """HMAC-SHA256 signatures with a key derived from the runner token."""
 
     def __init__(self, runner_token: str):
-        self._key = _derive(runner_token, _SIGN_INFO)
+        self._key = derive_key(runner_token, _SIGN_INFO)
 
     def sign(self, purpose: str, fields: Mapping[str, str]) -> str:
         return hmac.new(self._key, signed_message(purpose, fields), hashlib.sha256).hexdigest()
@@ -111,7 +114,7 @@ class SecretBox:
     """Encrypts and decrypts JSON-able values with a key derived from the runner token."""
 
     def __init__(self, runner_token: str):
-        raw = _derive(runner_token, _INFO)
+        raw = derive_key(runner_token, _INFO)
         self._fernet = Fernet(base64.urlsafe_b64encode(raw))
 
     def encrypt(self, value: Any) -> str:

@@ -40,6 +40,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import tomllib
 
+from ..crypto import derive_key
 from ..exceptions import BuildFailed
 from . import gitsafe
 
@@ -179,7 +180,7 @@ async def environment(gitdir: str, sha: str, user_id: int, user_name: str) -> En
 
 def name_key(runner_token: str) -> bytes:
     """The key image names are signed with, derived from the runner token."""
-    return hmac.new(runner_token.encode(), _NAME_KEY_INFO, hashlib.sha256).digest()
+    return derive_key(runner_token, _NAME_KEY_INFO)
 
 
 def image_name(prefix: str, project_id: str, project_path: str, env_hash: str,
