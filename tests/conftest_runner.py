@@ -132,6 +132,7 @@ class LaunchDouble:
         self.box = SecretBox(token)
         self.signer = Signer(token)
         self._renewers: list[asyncio.Task] = []
+        self._closing = False
         self.gitlab = gitlab
         self.jupyter_token = secrets.token_hex(16)
         self.conf = confmod.RunnerConf(gitlab_url=gitlab.url, network="host",
@@ -175,6 +176,8 @@ class LaunchDouble:
         fetched = False
         async for entry in self.store.follow_log(job_id, block_ms=1000,
                                                  until=("running", "stopped", "failed")):
+            if self._closing:
+                return
             if entry is None or entry.kind != "state":
                 continue
             if entry.state not in ("queued", "claimed", "fetching"):
@@ -189,9 +192,10 @@ class LaunchDouble:
                 fetched = False
 
     async def close(self) -> None:
-        for task in self._renewers:
-            task.cancel()
-        await asyncio.gather(*self._renewers, return_exceptions=True)
+        # a flag, not cancel(): redis-py may swallow a cancel during a blocking XREAD
+        self._closing = True
+        if self._renewers:
+            await asyncio.wait(self._renewers, timeout=10)
 
     user = "alice"
 
