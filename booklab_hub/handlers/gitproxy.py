@@ -38,7 +38,7 @@ from .base import BooklabHandler, PageSettings
 UPLOAD_PACK = "git-upload-pack"
 FORWARD_HEADERS = ("Content-Type", "Accept", "Git-Protocol", "Content-Encoding", "User-Agent")
 RETURN_HEADERS = ("Content-Type", "Cache-Control", "Expires", "Pragma")
-PROXY_TIMEOUT = 600  # seconds one forwarded request may take
+PROXY_TIMEOUT = 600  # seconds one forwarded request may take (the answer is streamed)
 
 
 def runner_token_of(app) -> str:
@@ -113,18 +113,45 @@ class GitProxyHandler(BooklabHandler):
                    if h in self.request.headers}
         headers["Authorization"] = f"Basic {basic}"
         post = self.request.method == "POST"
+        relay = _Relay(self)
         resp = await AsyncHTTPClient().fetch(HTTPRequest(
             upstream, method=self.request.method, headers=headers,
             body=self.request.body if post else None, follow_redirects=False,
-            request_timeout=PROXY_TIMEOUT, decompress_response=False), raise_error=False)
-        if resp.code in (401, 403, 404) or resp.code >= 300 and resp.code < 400:
-            self.log.warning("git proxy: GitLab answered %s for job %s", resp.code, job_id)
-            raise web.HTTPError(403, "GitLab refused the fetch with the user's token")
-        if resp.code != 200:
-            raise web.HTTPError(502, f"GitLab answered {resp.code}")
+            request_timeout=PROXY_TIMEOUT, decompress_response=False,
+            header_callback=relay.header, streaming_callback=relay.chunk), raise_error=False)
+        if resp.code != 200:  # GitLab refused: nothing was relayed
+            code = resp.code
+            self.log.warning("git proxy: GitLab answered %s for job %s", code, job_id)
+            if code in (401, 403, 404) or 300 <= code < 400:
+                raise web.HTTPError(403, "GitLab refused the fetch with the user's token")
+            raise web.HTTPError(502, f"GitLab answered {code}")
         self.log.info("git proxy: %s %s for job %s (%d bytes)", self.request.method,
-                      suffix.split("?")[0], job_id, len(resp.body or b""))
-        for name in (*RETURN_HEADERS, "Content-Encoding"):
-            if name in resp.headers:
-                self.set_header(name, resp.headers[name])
-        self.finish(resp.body or b"")
+                      suffix.split("?")[0], job_id, relay.size)
+        self.finish()
+
+
+class _Relay:
+    """Streams a 200 answer from GitLab to the runner as it arrives (packs can be big)."""
+
+    def __init__(self, handler: GitProxyHandler):
+        self.handler, self.code, self.headers = handler, 0, {}
+        self.started, self.size = False, 0
+
+    def header(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            self.code, self.headers = int(line.split()[1]), {}
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def chunk(self, data: bytes) -> None:
+        if self.code != 200:
+            return  # an error body: not relayed
+        if not self.started:
+            self.started = True
+            for name in (*RETURN_HEADERS, "Content-Encoding"):
+                if name.lower() in self.headers:
+                    self.handler.set_header(name, self.headers[name.lower()])
+        self.size += len(data)
+        self.handler.write(data)
+        self.handler.flush()
