@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import subprocess
 
 import pytest
@@ -164,15 +165,16 @@ def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
         make_hub, hb_runner, hb_gitlab, redis_server, runner_token):
     """The first runner fetched (its grant is gone) and shuts down mid-build; the hub
     renews the grant and the next runner fetches and starts the notebook."""
+    marker = f"handback-build-{secrets.token_hex(4)}"  # no build cache from earlier runs
     hb_gitlab.commit("demo/hello", "main", {
-        "Dockerfile": DEMO_DOCKERFILE + "RUN echo handback-build && sleep 30\n"})
+        "Dockerfile": DEMO_DOCKERFILE + f"RUN echo {marker}\nRUN sleep 40\n"})
     hub = make_hub()
     first = hb_runner(hub)
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     assert start_server(hub, "alice", "again", token).status_code in (201, 202)
     (job,) = wait_until(lambda: jobs_of(redis_server, hub, "alice", "again"), 30, "job")
-    wait_until(lambda: "handback-build" in _job_log(redis_server, hub, job["id"]), 300,
+    wait_until(lambda: marker in _job_log(redis_server, hub, job["id"]), 300,
                "the build started")
     assert not rdb(redis_server).exists(f"{hub.key_prefix}git_grant:{job['id']}")
     first.stop()  # SIGTERM: the job goes back to the queue
