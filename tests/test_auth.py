@@ -147,9 +147,11 @@ def test_a_revoked_token_means_logging_in_again(make_hub, hb_gitlab, redis_serve
     assert r.json()["message"] == ("Your GitLab login has expired or was revoked: log out "
                                    "and log in again")
     assert jobs_of(redis_server, hub, "alice") == [] and queue(redis_server, hub) == []
-    # in the browser: the spawn page says to log in again (and starts nothing)
-    r = session.get(f"{hub.url}/hub/spawn/alice/other?opt-project=demo/hello&opt-ref=main",
-                    timeout=30)
+    # in the browser (the spawn form's POST; a GET with options starts nothing): the
+    # spawn page says to log in again
+    session.get(f"{hub.url}/hub/spawn/alice/other", timeout=30)
+    r = session.post(f"{hub.url}/hub/spawn/alice/other", timeout=30, data={
+        "_xsrf": session.cookies.get("_xsrf"), "project": "demo/hello", "ref": "main"})
     assert r.status_code == 403, r.text[-2000:]
     assert "auth has expired for alice, login again" in r.text
     assert 'name="project"' in r.text  # the form to try again is on the same page
