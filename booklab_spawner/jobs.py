@@ -14,6 +14,11 @@ State machine::
     claimed/fetching/building/starting -> queued   (handed back by a runner)
     queued/running -> stopped                      (cancelled before a claim / exited by itself)
 
+A job is ``queued`` until a runner's ``queued -> claimed`` succeeds, even while
+its id already sits in that runner's ``claimed:<runner>`` list (BLMOVE and the
+transition are two steps): the hub stops such a job with ``queued -> stopped``
+and the runner, whose claim is then refused, drops the id and starts nothing.
+
 Every change of state is compare-and-set in a Lua script that also updates the
 ``status`` hash and appends a ``state`` entry to the job's log stream, so a
 watcher of the log sees every state change in order with the log lines.
@@ -263,15 +268,19 @@ class JobStore:
         return None if pos is None else length - pos
 
     async def cancel_queued(self, job_id: str) -> bool:
-        """Remove a job from the queue before any runner claimed it."""
-        removed = await self.redis.lrem(self.keys.queue, 0, job_id)
-        if not removed:
-            return False
+        """Stop a job that is still ``queued``; False if it is in any other state.
+
+        The state decides, not the queue list: a runner's BLMOVE may already have
+        moved the id into its ``claimed:<runner>`` list without the job being
+        ``queued -> claimed`` yet. That runner's claim is then refused (the job is
+        no longer ``queued``) and it drops the id without starting anything.
+        """
         try:
             await self.transition(job_id, STOPPED, "Cancelled before a runner took it",
                                   allowed_from=[QUEUED])
-        except InvalidTransition:
+        except (InvalidTransition, JobNotFound):
             return False
+        await self.redis.lrem(self.keys.queue, 0, job_id)
         return True
 
     async def announce_positions(self, limit: int = 20) -> None:

@@ -437,21 +437,30 @@ class BooklabSpawner(CloneCredentials, Spawner):
         await self._release_deploy_key(job)
 
     async def _stop_job(self, job_id: str, job: dict[str, str]) -> None:
+        """A ``queued`` job is stopped here (even one already in a runner's claimed
+        list, see JobStore.cancel_queued); a claimed one by the runner it names."""
         store = self.store
-        if job["state"] == QUEUED and await store.cancel_queued(job_id):
-            return
-        try:
-            await store.transition(job_id, STOPPING, "Stopping", allowed_from=ACTIVE)
-        except InvalidTransition:
-            pass  # already stopping, or finished meanwhile
-        job = await store.get(job_id)
+        for _turn in range(3):  # a job handed back to the queue meanwhile: cancel it now
+            if await store.cancel_queued(job_id):
+                return
+            try:
+                await store.transition(job_id, STOPPING, "Stopping", allowed_from=ACTIVE)
+            except InvalidTransition:
+                pass  # already stopping, finished, or queued again
+            job = await store.get(job_id)
+            if job["state"] != QUEUED:
+                break
+        runner = job.get("runner", "")
         if job["state"] in TERMINAL:
             return
-        await store.send_command(job["runner"], {"op": "stop", "job": job_id})
+        if job["state"] == QUEUED or not runner:
+            await self._fail(f"The job could not be stopped in state {job['state']!r}")
+            return
+        await store.send_command(runner, {"op": "stop", "job": job_id})
         try:
             await asyncio.wait_for(self._wait_stopped(job_id), self.stop_timeout)
         except asyncio.TimeoutError:
-            await self._fail(f"Runner {job['runner']} did not confirm the stop "
+            await self._fail(f"Runner {runner} did not confirm the stop "
                              f"within {self.stop_timeout:.0f} s")
 
     async def _wait_stopped(self, job_id: str) -> None:

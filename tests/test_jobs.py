@@ -114,6 +114,21 @@ async def test_queue_position_and_cancel(store):
     assert not await store.cancel_queued("b")
 
 
+async def test_cancel_queued_decides_by_state_not_by_list(store, redis, keys):
+    """A job a runner's BLMOVE took, but not yet ``queued -> claimed``, is still
+    cancellable; the runner's claim then fails and nothing is left queued."""
+    await make_job(store, "a")
+    assert await store.claim("r1", 1) == "a"
+    assert await store.cancel_queued("a")
+    assert (await store.get("a"))["state"] == "stopped"
+    with pytest.raises(InvalidTransition):
+        await store.transition("a", "claimed", allowed_from=["queued"], runner="r1")
+    assert not await store.cancel_queued("a")
+    assert not await store.cancel_queued("missing")
+    await store.release("r1", "a")
+    assert await redis.llen(keys.claimed("r1")) == 0 and await redis.llen(keys.queue) == 0
+
+
 async def test_requeue_hands_back_to_the_front(store, redis, keys):
     await make_job(store, "a")
     await make_job(store, "b")
