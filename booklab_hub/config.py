@@ -157,7 +157,8 @@ SETTINGS: list[Setting] = [
             "take it; the error then says whether no runner is alive or all are busy.",
             check=_positive),
     Setting("runners.container_start_timeout", int, 300, "Seconds from starting the "
-            "notebook container until it listens.", check=_positive),
+            "notebook container until it listens; published to runners, which fail the "
+            "launch after it too (a large image may need more).", check=_positive),
     Setting("runners.start_timeout", int, 0, "Seconds a launch may take in all before "
             "JupyterHub gives up (0: queue + build + container start timeouts plus a "
             "margin, so that the message says which phase ran out).", check=_non_negative),

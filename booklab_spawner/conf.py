@@ -33,6 +33,7 @@ class RunnerConf:
     notebook_port: int = 8888  # port inside the container (bridge mode)
     image_prefix: str = "booklab/"
     build_timeout: int = 3600  # seconds repo2docker may take
+    container_start_timeout: int = 300  # seconds from starting the container until it listens
     user_id: int = 1000
     user_name: str = "jovyan"
     ssh_known_hosts: str = ""  # known_hosts lines of GitLab's SSH host(s), for deploy keys
@@ -43,6 +44,9 @@ class RunnerConf:
             raise ValueError(f"runner network must be 'bridge' or 'host', not {self.network!r}")
         if self.user_id == 0:
             raise ValueError("notebooks never run as root: user_id must not be 0")
+        if self.container_start_timeout <= 0:
+            raise ValueError("container_start_timeout must be greater than 0, not "
+                             f"{self.container_start_timeout!r}")
         return self
 
     def to_hash(self) -> dict[str, str]:

@@ -200,7 +200,8 @@ class BooklabSpawner(CloneCredentials, Spawner):
             extra["ssh_known_hosts"] = self.ssh_known_hosts
         return confmod.RunnerConf(
             gitlab_url=self.gitlab_url, network=self.runner_network, hub_url=self.hub.url,
-            image_prefix=self.image_prefix, build_timeout=self.build_timeout, **extra,
+            image_prefix=self.image_prefix, build_timeout=self.build_timeout,
+            container_start_timeout=self.container_start_timeout, **extra,
         ).validate()
 
     # -- state --------------------------------------------------------------------

@@ -152,3 +152,30 @@ def test_timeouts_map_onto_the_spawner_and_bound_jupyterhubs_own(tmp_path):
     assert spawner.start_timeout > 30 + 900 + BUILD_GRACE + 45
     with pytest.raises(Exception, match="queue_timeout must be greater than 0"):
         BooklabSpawner(queue_timeout=0)
+
+
+def test_container_start_timeout_is_published_to_runners_signed(tmp_path):
+    """runners.container_start_timeout reaches the conf hash runners read (it used to
+    stop at the hub, and runners gave up after a hard-coded 60 s)."""
+    from jupyterhub.objects import Hub
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+    from booklab_spawner.conf import RunnerConf
+    from booklab_spawner.crypto import Signer
+    from booklab_spawner.spawner import BooklabSpawner
+
+    c = Config()
+    runners = {**GOOD["runners"], "container_start_timeout": 90}
+    apply(c, load(write(tmp_path, {**GOOD, "runners": runners}), environ={}))
+    spawner = BooklabSpawner(config=c, hub=Hub(base_url="/hub/"))
+    conf = spawner.runner_conf()
+    assert conf.container_start_timeout == 90
+    mapping = conf.to_hash()
+    assert RunnerConf.from_hash(mapping).container_start_timeout == 90
+    signer = Signer("t" * 40)
+    sig = signer.sign("conf", mapping)
+    assert not signer.valid("conf", {**mapping, "container_start_timeout": "3600"}, sig)
+    assert RunnerConf.from_hash({}).container_start_timeout == 300  # an older hub's conf
+    with pytest.raises(ValueError, match="container_start_timeout must be greater than 0"):
+        RunnerConf(container_start_timeout=0).validate()

@@ -41,7 +41,6 @@ from .worker import JobWorker
 log = logging.getLogger("booklab.runner")
 
 CLAIM_BLOCK = 2.0  # seconds one BLMOVE blocks before re-checking for shutdown
-SHUTDOWN_TIMEOUT = 60.0  # seconds to hand back jobs and deregister on SIGTERM
 
 
 class Runner:
@@ -51,6 +50,9 @@ class Runner:
         self.runner_id = app.runner_id
         self.slots = app.slots
         self.work_dir = app.work_dir
+        # timings (see RunnerApp): recovery.py reads the first two
+        self.reap_interval, self.orphan_grace = app.reap_interval, app.orphan_grace
+        self.shutdown_timeout = app.shutdown_timeout
         self.keys = Keys(app.key_prefix)
         self.redis = connect(app.redis_url)
         self.store = J.JobStore(self.redis, self.keys)
@@ -112,7 +114,7 @@ class Runner:
         await self.stopping.wait()
         await asyncio.gather(*tasks[1:])
         try:
-            await asyncio.wait_for(self._leave(), SHUTDOWN_TIMEOUT)
+            await asyncio.wait_for(self._leave(), self.shutdown_timeout)
         except (asyncio.TimeoutError, RedisError, OSError) as e:
             # Redis is gone: our heartbeat expires by itself and other runners
             # (or this one, restarted) reap and reconcile what we held.
@@ -324,6 +326,30 @@ class RunnerApp(Application):
     def _default_hub_url(self) -> str:
         return os.environ.get("BOOKLAB_HUB_URL", "")
 
+    # -- timings (the container start timeout comes from the hub, in conf) ----------
+    reap_interval = Float(5.0, config=True, help="Seconds between this runner's scans for "
+                          "dead runners (no heartbeat), whose waiting jobs it then requeues, "
+                          "e.g. 5.")
+    orphan_grace = Float(300.0, config=True, help="Seconds after a dead runner's last "
+                         "heartbeat during which its running notebooks are left alone, so "
+                         "that it can come back and adopt them; after that they are failed, "
+                         "e.g. 300.")
+    shutdown_timeout = Float(60.0, config=True, help="Seconds this runner takes on SIGTERM "
+                             "to hand back waiting jobs, stop its notebooks and deregister, "
+                             "e.g. 60; past it, it exits and others reap what it held.")
+
+    @validate("reap_interval", "shutdown_timeout")
+    def _check_positive_timing(self, proposal) -> float:
+        if proposal.value <= 0:
+            raise ValueError(f"{proposal.trait.name} must be greater than 0")
+        return proposal.value
+
+    @validate("orphan_grace")
+    def _check_orphan_grace(self, proposal) -> float:
+        if proposal.value < 0:
+            raise ValueError("orphan_grace must not be negative")
+        return proposal.value
+
     image_budget = ByteSpecification(0, config=True, help="Disk budget for the images this "
                                      "runner built or launched, in bytes or with a K/M/G/T "
                                      "suffix, e.g. 50G. Past it, images are removed least "
@@ -396,6 +422,9 @@ class RunnerApp(Application):
         "key-prefix": "RunnerApp.key_prefix",
         "known-hosts": "RunnerApp.known_hosts",
         "image-budget": "RunnerApp.image_budget",
+        "reap-interval": "RunnerApp.reap_interval",
+        "orphan-grace": "RunnerApp.orphan_grace",
+        "shutdown-timeout": "RunnerApp.shutdown_timeout",
         "pids-limit": "RunnerApp.pids_limit",
         "default-mem-limit": "RunnerApp.default_mem_limit",
         "default-cpu-limit": "RunnerApp.default_cpu_limit",

@@ -154,8 +154,9 @@ class Launcher:
             LABEL_PREFIX + "sha": job.get("sha", ""),
         }
 
-    async def wait_listening(self, container_id: str, url: str, timeout: float = 60) -> None:
-        """Until the notebook accepts TCP connections; fail early if it exits.
+    async def wait_listening(self, container_id: str, url: str, timeout: float) -> None:
+        """Until the notebook accepts TCP connections; fail early if it exits, and after
+        ``timeout`` seconds (the hub's ``container_start_timeout``, from conf).
 
         With a published port, Docker's proxy accepts connections on the host
         port before anything listens inside, so the check then goes to the
@@ -174,7 +175,10 @@ class Launcher:
                 raise ContainerExited(exit_message(info, "while starting"), info)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-        raise LaunchFailed(f"The notebook did not listen on port {port} within {timeout:.0f} s")
+        raise LaunchFailed(f"The notebook did not listen on port {port} within the container "
+                           f"start timeout ({timeout:.0f} s): check the log for errors of the "
+                           "notebook server, or ask the hub's operator to raise "
+                           "runners.container_start_timeout")
 
     async def _inner_address(self, container_id: str, host_port: int) -> tuple[str, int] | None:
         """(container IP, container port) behind a published ``host_port``, if any."""

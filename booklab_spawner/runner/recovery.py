@@ -1,13 +1,15 @@
 """Nothing stuck: reaping the jobs of dead runners, and reconciling at start.
 
-**Reaping.** Every live runner scans ``runners`` every ``REAP_INTERVAL``
-seconds. For a runner without a heartbeat (it expires 30 s after the last
-beat), each job in its ``claimed:<runner>`` list that had not started running
-goes back to the queue, in one atomic step (:meth:`JobStore.reap`), so with a
-5 s scan a dead runner's waiting jobs are requeued within ~35 s. Its running
-notebooks are left alone for ``ORPHAN_GRACE`` seconds, so that the runner
+**Reaping.** Every live runner scans ``runners`` every ``reap_interval``
+seconds (``--reap-interval``, default 5). For a runner without a heartbeat (it
+expires 30 s after the last beat), each job in its ``claimed:<runner>`` list
+that had not started running goes back to the queue, in one atomic step
+(:meth:`JobStore.reap`), so with a 5 s scan a dead runner's waiting jobs are
+requeued within ~35 s. Its running notebooks are left alone for
+``orphan_grace`` seconds (``--orphan-grace``, default 300), so that the runner
 can come back and adopt them (the hub's ``poll()`` fails them meanwhile if it
-notices first); after that they are failed and the runner is forgotten.
+notices first); after that they are failed and the runner is forgotten. Both
+are the reaping runner's own settings (:class:`~.app.RunnerApp`).
 
 **Reconciling.** A runner that starts looks for containers labelled with its
 id: a container whose job is still ``running`` on this runner is adopted
@@ -33,25 +35,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REAP_INTERVAL = 5.0  # seconds between scans for dead runners
-ORPHAN_GRACE = 300.0  # seconds after a runner's last beat before its notebooks are failed
 EARLY = (J.QUEUED, J.CLAIMED, J.FETCHING, J.BUILDING, J.STARTING)
 
 
 async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
     """One scan; returns (dead runner, job, outcome) for each job looked at."""
     redis, keys, store = runner.redis, runner.keys, runner.store
+    grace = runner.orphan_grace
     outcomes = []
     for dead, last_beat in (await runners.dead_runners(redis, keys)).items():
         if dead == runner.runner_id:
             continue
-        gone_long = time.time() - last_beat > ORPHAN_GRACE
+        gone_long = time.time() - last_beat > grace
         for job_id in await redis.lrange(keys.claimed(dead), 0, -1):
             outcome = await store.reap(dead, job_id, f"Runner {dead} stopped answering (no "
                                        "heartbeat); the job went back to the queue")
             if outcome in (J.RUNNING, J.STOPPING) and gone_long:
                 outcome = await store.reap(dead, job_id, f"Runner {dead} has been gone for "
-                                           f"over {ORPHAN_GRACE:.0f} s; the notebook is lost",
+                                           f"over {grace:.0f} s; the notebook is lost",
                                            mode="fail")
             if outcome != "alive":
                 log.info("reaped job %s of dead runner %s: %s", job_id, dead, outcome)
@@ -69,7 +70,7 @@ async def reap_loop(runner: Runner) -> None:
         except Exception as e:  # Redis restarting: try again at the next scan
             log.warning("scanning for dead runners failed: %s", e)
         try:
-            await asyncio.wait_for(runner.stopping.wait(), REAP_INTERVAL)
+            await asyncio.wait_for(runner.stopping.wait(), runner.reap_interval)
         except asyncio.TimeoutError:
             pass
 

@@ -141,7 +141,8 @@ class JobWorker:
             await self._start(job, secrets, conf, content)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        await self.runner.launcher.wait_listening(self.container_id, self._url)
+        await self.runner.launcher.wait_listening(self.container_id, self._url,
+                                                  conf.container_start_timeout)
         await self.step(J.RUNNING, f"Notebook server is listening at {self._url}",
                         url=self._url, container=self.container_id, image=self.image)
         await self.runner.image_launched(self.image, conf.image_prefix)
