@@ -106,6 +106,7 @@ class RunnerProcess(Process):
     def __init__(self, runner_id: str, redis_url: str, token: str, prefix: str,
                  work_dir: Path, *extra: str):
         self.runner_id = runner_id
+        self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
                "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
         cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",

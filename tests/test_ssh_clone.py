@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.conftest_runner import RT_DOCKERFILE
+from tests.conftest_stack import slow_build_step
 
 pytestmark = [pytest.mark.docker]
 
@@ -90,6 +96,39 @@ def test_unknown_key_and_unknown_host_key_are_refused(demo_project, tmp_path):
     assert "Host key verification failed" in spoofed.stderr
 
 
+class KeyWatch:
+    """Watches a runner's work dir from a thread while a job runs: which key files
+    (``deploy_key``, ``known_hosts``) and job dirs exist, and the key's text."""
+
+    NAMES = ("deploy_key", "known_hosts")
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self.key_texts: set[str] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def key_files(self) -> list[Path]:
+        return [p for p in self.work_dir.rglob("*") if p.name in self.NAMES]
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            for key in self.work_dir.glob("booklab-job-*/home/deploy_key"):
+                try:
+                    self.key_texts.add(key.read_text())
+                except OSError:  # deleted between glob and read
+                    pass
+            time.sleep(0.001)
+
+    def __enter__(self) -> KeyWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 @pytest.mark.slow
 async def test_runner_clones_with_the_jobs_deploy_key(
         launcher, rt_runners, rt_docker, demo_project, tmp_path):
@@ -98,17 +137,28 @@ async def test_runner_clones_with_the_jobs_deploy_key(
     add_deploy_key(gl, "demo/hello", public)
     launcher.conf.ssh_known_hosts = gl.known_hosts
     runner = rt_runners.start("ssh")
-    sha = gl.commit("demo/hello", "main", {"ssh.ipynb": "{}"})
-    job_id = await launcher.launch("demo/hello", sha, clone={"method": "ssh",
-                                                             "private_key": private})
+    sha = gl.commit("demo/hello", "main", {
+        "ssh.ipynb": "{}", "Dockerfile": RT_DOCKERFILE + slow_build_step("ssh-build", 15)})
+    with KeyWatch(runner.work_dir) as watch:
+        job_id = await launcher.launch("demo/hello", sha, clone={"method": "ssh",
+                                                                 "private_key": private})
+        await launcher.wait_state(job_id, ("building", "failed"))
+        # the key was on disk, in this runner's work dir, while git fetched with it ...
+        assert watch.key_texts == {private.strip() + "\n"}
+        # ... and is gone once the fetch is over, while the checkout is still there
+        deadline = time.monotonic() + 300
+        while "ssh-build" not in await launcher.log_text(job_id):  # the slow step runs
+            assert time.monotonic() < deadline, await launcher.log_text(job_id)
+            await asyncio.sleep(0.2)
+        assert list(runner.work_dir.glob("booklab-job-*/repo/ssh.ipynb"))
+        assert watch.key_files() == []
     job = await launcher.wait_state(job_id, ("running", "failed"))
     log = await launcher.log_text(job_id)
     assert job["state"] == "running", log
     assert "Cloning over SSH with a read-only deploy key" in log
     assert "ssh.ipynb" in launcher.contents(job["url"])
     assert "PRIVATE KEY" not in log and "PRIVATE KEY" not in runner.output()
-    work = Path(runner.proc.args[4].split("=", 1)[1])
-    assert not any(p.name == "deploy_key" for p in work.rglob("*"))  # deleted after the fetch
+    assert watch.key_files() == [] and not list(runner.work_dir.glob("booklab-job-*"))
     await launcher.stop(job_id)
 
 

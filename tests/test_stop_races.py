@@ -11,6 +11,8 @@ first, exactly as BLMOVE leaves it, and then stopped through the real spawner.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from booklab_spawner.exceptions import InvalidTransition
@@ -74,3 +76,39 @@ async def test_stop_after_the_claim_asks_that_runner(store, redis, keys, redis_s
     assert await redis.lrange(keys.commands("r1"), 0, -1) == [
         '{"op": "stop", "job": "j-won"}']
     assert (await store.get(job_id))["state"] == "failed"  # r1 has no heartbeat
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+async def test_a_real_runner_skips_a_job_stopped_between_its_blmove_and_its_claim(
+        launcher, rt_runners, rt_docker, demo_project, redis, keys, redis_server):
+    """The runner's side, with a real ``booklab-runner``: the job is stopped while its
+    id is in that runner's claimed list; the runner's ``_take`` then finds it no
+    longer ``queued``, drops it and never starts a container for it."""
+    runner_id = "rt-race"
+    job_id = await launcher.launch("demo/hello", demo_project.commit(
+        "demo/hello", "main", {"race.ipynb": "{}"}))
+    # where BLMOVE leaves a job: in the runner's claimed list, still queued
+    assert await redis.lmove(keys.queue, keys.claimed(runner_id), "RIGHT", "LEFT") == job_id
+    await spawner_for(redis_server, keys, job_id).stop()
+    assert (await store_state(launcher, job_id)) == "stopped"
+    # the runner now reaches its queued -> claimed for that id: hand it the id through
+    # its own BLMOVE, so that the real _take runs on exactly this Redis state
+    await redis.lmove(keys.claimed(runner_id), keys.queue, "LEFT", "RIGHT")
+    runner = rt_runners.start("race")
+    assert runner.runner_id == runner_id
+    deadline = asyncio.get_running_loop().time() + 120
+    while f"skipping job {job_id}" not in runner.output():
+        assert asyncio.get_running_loop().time() < deadline, runner.output()[-3000:]
+        await asyncio.sleep(0.2)
+    assert (await store_state(launcher, job_id)) == "stopped"
+    assert await redis.llen(keys.claimed(runner_id)) == 0
+    assert await redis.llen(keys.queue) == 0
+    assert rt_docker.containers.list(all=True,
+                                     filters={"label": f"org.booklab.job={job_id}"}) == []
+    states = [e.state for e in await launcher.store.read_log(job_id) if e.kind == "state"]
+    assert states == ["queued", "stopped"]
+
+
+async def store_state(launcher, job_id: str) -> str:
+    return (await launcher.store.get(job_id))["state"]
