@@ -118,7 +118,7 @@ class KeyWatch:
                     self.key_texts.add(key.read_text())
                 except OSError:  # deleted between glob and read
                     pass
-            time.sleep(0.001)
+            time.sleep(0.005)  # an ssh fetch takes far longer than this
 
     def __enter__(self) -> KeyWatch:
         self.thread.start()
@@ -142,7 +142,8 @@ async def test_runner_clones_with_the_jobs_deploy_key(
     with KeyWatch(runner.work_dir) as watch:
         job_id = await launcher.launch("demo/hello", sha, clone={"method": "ssh",
                                                                  "private_key": private})
-        await launcher.wait_state(job_id, ("building", "failed"))
+        job = await launcher.wait_state(job_id, ("building", "failed"))
+        assert job["state"] == "building", await launcher.log_text(job_id)
         # the key was on disk, in this runner's work dir, while git fetched with it ...
         assert watch.key_texts == {private.strip() + "\n"}
         # ... and is gone once the fetch is over, while the checkout is still there
