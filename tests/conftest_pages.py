@@ -23,6 +23,7 @@ from tests.conftest_stack import (
     RunnerProcess,
     _dump_on_failure,
     notebook,
+    running_hub,
 )
 from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
 
@@ -82,12 +83,8 @@ class PagesHub(Hub):
 @pytest.fixture
 def pages_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
     syncredis.Redis.from_url(redis_server.url).flushdb()  # no jobs or runners of other tests
-    hub = PagesHub(tmp_path / "hub", pages_gitlab, redis_server.url, runner_token)
-    hub.workdir.mkdir()
-    hub.start()
-    yield hub
-    hub.stop()
-    _dump_on_failure(request, hub.process)
+    yield from running_hub(PagesHub(tmp_path / "hub", pages_gitlab, redis_server.url,
+                                 runner_token), request)
 
 
 @pytest.fixture(scope="session")
@@ -206,12 +203,8 @@ class SubdomainHub(PagesHub):
 @pytest.fixture
 def subdomain_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
     syncredis.Redis.from_url(redis_server.url).flushdb()
-    hub = SubdomainHub(tmp_path / "hub", pages_gitlab, redis_server.url, runner_token)
-    hub.workdir.mkdir()
-    hub.start()
-    yield hub
-    hub.stop()
-    _dump_on_failure(request, hub.process)
+    yield from running_hub(SubdomainHub(tmp_path / "hub", pages_gitlab, redis_server.url,
+                                 runner_token), request)
 
 
 @pytest.fixture

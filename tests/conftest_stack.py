@@ -247,14 +247,19 @@ def seed_demo(gitlab):
     return gitlab
 
 
-@pytest.fixture
-def hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
-    hub = Hub(tmp_path / "hub", demo_gitlab, redis_server.url, runner_token)
+def running_hub(hub: Hub, request):
+    """Start ``hub`` in its fresh work dir, yield it, stop it (log printed on failure)."""
     hub.workdir.mkdir()
     hub.start()
     yield hub
     hub.stop()
     _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture
+def hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
+    yield from running_hub(Hub(tmp_path / "hub", demo_gitlab, redis_server.url, runner_token),
+                           request)
 
 
 @pytest.fixture
