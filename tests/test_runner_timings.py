@@ -54,7 +54,9 @@ def test_runner_timing_options_have_documented_defaults():
 
 @pytest.mark.docker  # the Runner opens its Docker client
 def test_runner_timing_options_reach_the_runner():
-    runner = Runner(app("--reap-interval=7", "--orphan-grace=42", "--shutdown-timeout=9"))
+    configured = app("--reap-interval=7", "--orphan-grace=42", "--shutdown-timeout=9")
+    configured.runner_token = "t" * 40
+    runner = Runner(configured)
     assert (runner.reap_interval, runner.orphan_grace, runner.shutdown_timeout) == (7, 42, 9)
 
 
@@ -116,23 +118,19 @@ async def test_configured_reap_interval_is_the_scan_period(redis, keys, store, i
 @pytest.mark.slow
 async def test_configured_container_start_timeout_is_the_one_the_runner_applies(
         launcher, rt_runners, demo_project):
-    """A notebook that listens after 8 s fails with a 3 s container start timeout (after
-    about 3 s, naming the timeout) and starts with a 30 s one: the runner waits as long
-    as the hub says, not a fixed 60 s."""
+    """A notebook that listens after 8 s fails with a 3 s container start timeout (the
+    error names it) and starts with a 30 s one: the runner waits as long as the hub
+    says, not a fixed 60 s (under which the first launch would have started)."""
     rt_runners.start("timings")
     sha = demo_project.commit("demo/hello", "main", {})
     late = ["python3", "-c", LISTEN_LATE.format(delay=8)]
 
     launcher.conf.container_start_timeout = 3
     job_id = await launcher.launch("demo/hello", sha, cmd=late)
-    await launcher.wait_state(job_id, "starting")
-    started = time.monotonic()
     job = await launcher.wait_state(job_id, ("running", "failed"))
-    waited = time.monotonic() - started
     assert job["state"] == "failed", await launcher.log_text(job_id)
     assert "within the container start timeout (3 s)" in job["error"]
     assert "runners.container_start_timeout" in job["error"]
-    assert waited < 8  # gave up at the configured 3 s, before the notebook listened
 
     launcher.conf.container_start_timeout = 30
     job_id = await launcher.launch("demo/hello", sha, cmd=late)
@@ -155,5 +153,6 @@ async def test_configured_shutdown_timeout_bounds_the_runners_exit(
     await launcher.wait_state(job_id, "running")
     proc.stop()
     assert (await redis.sismember(keys.runners, proc.runner_id) == 0) is deregistered
-    gave_up = "could not hand back jobs or deregister (timeout)" in proc.output()
+    gave_up = ("could not hand back jobs or deregister (not done within the shutdown "
+               f"timeout ({timeout} s))") in proc.output()
     assert gave_up is not deregistered, proc.output()[-3000:]

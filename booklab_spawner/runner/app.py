@@ -118,9 +118,9 @@ class Runner:
         except (asyncio.TimeoutError, RedisError, OSError) as e:
             # Redis is gone: our heartbeat expires by itself and other runners
             # (or this one, restarted) reap and reconcile what we held.
+            why = str(e) or f"not done within the shutdown timeout ({self.shutdown_timeout:g} s)"
             log.warning("could not hand back jobs or deregister (%s); "
-                        "the heartbeat will expire in %d s", e or "timeout",
-                        runners.HEARTBEAT_TTL)
+                        "the heartbeat will expire in %d s", why, runners.HEARTBEAT_TTL)
         tasks[0].cancel()
         await self.redis.aclose()
         log.info("runner %s stopped", self.runner_id)
