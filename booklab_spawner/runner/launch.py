@@ -175,10 +175,12 @@ class Launcher:
                 raise ContainerExited(exit_message(info, "while starting"), info)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-        raise LaunchFailed(f"The notebook did not listen on port {port} within the container "
-                           f"start timeout ({timeout:.0f} s): check the log for errors of the "
-                           "notebook server, or ask the hub's operator to raise "
-                           "runners.container_start_timeout")
+        # worded as the hub's own timeout for this phase: whichever notices first, users
+        # read the same message
+        raise LaunchFailed(f"The notebook server did not start within the container start "
+                           f"timeout ({timeout:g} s): nothing listened on port {port}; check "
+                           "the build log for errors of jupyterhub-singleuser, or ask the "
+                           "hub's operator to raise runners.container_start_timeout")
 
     async def _inner_address(self, container_id: str, host_port: int) -> tuple[str, int] | None:
         """(container IP, container port) behind a published ``host_port``, if any."""
