@@ -162,9 +162,12 @@ async def _local_requirements(blobs: Blobs, files: list[str]) -> bool:
     return False
 
 
-async def environment(gitdir: str, sha: str, user_id: int, user_name: str) -> Environment:
-    """The environment key of commit ``sha`` in the git directory ``gitdir``."""
-    entries = await tree_entries(gitdir, sha)
+async def environment(gitdir: str, sha: str, user_id: int, user_name: str,
+                      entries: dict[str, str] | None = None) -> Environment:
+    """The environment key of commit ``sha`` in the git directory ``gitdir``
+    (``entries``: its :func:`tree_entries`, when the caller has them already)."""
+    if entries is None:
+        entries = await tree_entries(gitdir, sha)
     files, whole = await select(entries, Blobs(gitdir, entries))
     digest = hashlib.sha256()
     for part in (HASH_VERSION, _r2d_version(), str(user_id), user_name):

@@ -131,10 +131,10 @@ class JobWorker:
         try:
             checkout = os.path.join(workdir, "repo")
             await self._fetch(job, secrets["clone"], conf, checkout)
+            entries = await cache.tree_entries(gitsafe.git_dir(checkout), job["sha"])
             # before anything on this host reads the checkout: no link may leave it
-            tree.check_links(checkout, await cache.tree_entries(gitsafe.git_dir(checkout),
-                                                                job["sha"]))
-            self.image = await self._ensure_image(job, checkout, conf)
+            tree.check_links(checkout, entries)
+            self.image = await self._ensure_image(job, checkout, entries, conf)
             content = await asyncio.to_thread(pack, checkout, os.path.join(workdir, "repo.tar"),
                                                conf.user_id)
             await self.step(J.STARTING, f"Starting the notebook from {self.image}")
@@ -198,9 +198,10 @@ class JobWorker:
                           f"stopped, and the hub did not renew it within {RENEW_WAIT} s: "
                           "launch again")
 
-    async def _ensure_image(self, job: dict[str, str], checkout: str, conf: RunnerConf) -> str:
+    async def _ensure_image(self, job: dict[str, str], checkout: str,
+                            entries: dict[str, str], conf: RunnerConf) -> str:
         env = await cache.environment(gitsafe.git_dir(checkout), job["sha"], conf.user_id,
-                                      conf.user_name)
+                                      conf.user_name, entries)
         image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash,
                                  self.runner.name_key)
         await self.step(J.BUILDING, f"Image {image}, from {env.describe()}")
