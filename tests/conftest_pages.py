@@ -103,14 +103,19 @@ def pages_docker():
                 pass  # in use by a concurrent session's container: it cleans up itself
 
 
-@pytest.fixture
-def pages_runner(pages_hub, redis_server, runner_token, tmp_path, pages_docker, request):
+def running_pages_runner(redis_server, runner_token, tmp_path, request):
+    """The pages' runner process in a fresh work dir; stopped (log printed on failure)."""
     workdir = tmp_path / "runner"
     workdir.mkdir()
     proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir)
     yield proc
     proc.stop()
     _dump_on_failure(request, proc)
+
+
+@pytest.fixture
+def pages_runner(pages_hub, redis_server, runner_token, tmp_path, pages_docker, request):
+    yield from running_pages_runner(redis_server, runner_token, tmp_path, request)
 
 
 # -- the browser ----------------------------------------------------------------
@@ -210,9 +215,4 @@ def subdomain_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
 @pytest.fixture
 def subdomain_runner(subdomain_hub, redis_server, runner_token, tmp_path, pages_docker,
                      request):
-    workdir = tmp_path / "runner"
-    workdir.mkdir()
-    proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir)
-    yield proc
-    proc.stop()
-    _dump_on_failure(request, proc)
+    yield from running_pages_runner(redis_server, runner_token, tmp_path, request)
