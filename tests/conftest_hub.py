@@ -164,10 +164,26 @@ def spawn_error(hub: Hub, user: str, server: str, response: requests.Response,
     failed at once, else from the progress stream's 'failed' event."""
     if response.status_code >= 400:
         return response.json()["message"]
-    for event in progress_events(hub, user, server, timeout=timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            events = progress_events(hub, user, server, timeout=timeout)
+            break
+        except NotStarting:
+            # JupyterHub's User.stop() clears _spawn_pending first, and a failed spawn
+            # calls it before its future is done: a request in that window gets 400
+            # "not starting". The failure is kept once the stop is through.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    for event in events:
         if event.get("failed"):
             return event["message"]
     raise AssertionError("the launch did not fail")
+
+
+class NotStarting(AssertionError):
+    """The hub's progress endpoint answered 400: the server is not starting (now)."""
 
 
 def progress_events(hub: Hub, user: str, server: str, token: str | None = None,
@@ -179,6 +195,8 @@ def progress_events(hub: Hub, user: str, server: str, token: str | None = None,
     with requests.get(f"{hub.url}/hub/api{url_path}", stream=True, timeout=timeout,
                       headers={**headers, "Authorization":
                                f"token {kw.get('token') or _service_token()}"}) as resp:
+        if resp.status_code == 400 and "is not starting" in resp.text:
+            raise NotStarting(resp.text[:300])
         assert resp.status_code == 200, resp.text[:300]
         events = []
         for line in resp.iter_lines(decode_unicode=True):
