@@ -164,18 +164,18 @@ def spawn_error(hub: Hub, user: str, server: str, response: requests.Response,
     failed at once, else from the progress stream's 'failed' event."""
     if response.status_code >= 400:
         return response.json()["message"]
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def settled():
+        # JupyterHub's User.stop() clears _spawn_pending first, and a failed spawn
+        # calls it before its future is done: a request in that window gets 400
+        # "not starting". The failure is kept once the stop is through.
         try:
-            events = progress_events(hub, user, server, timeout=timeout)
-            break
+            return (progress_events(hub, user, server, timeout=timeout),)
         except NotStarting:
-            # JupyterHub's User.stop() clears _spawn_pending first, and a failed spawn
-            # calls it before its future is done: a request in that window gets 400
-            # "not starting". The failure is kept once the stop is through.
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return None
+
+    (events,) = wait_until(settled, timeout, f"{user}/{server}'s failed spawn settled",
+                           interval=0.2)
     for event in events:
         if event.get("failed"):
             return event["message"]
