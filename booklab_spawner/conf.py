@@ -22,7 +22,7 @@ from .crypto import Signer
 from .exceptions import SignatureError
 from .keys import Keys
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 @dataclass

@@ -106,7 +106,7 @@ class CloneCredentials:
         """A one-time secret for the hub's read-only git proxy, stored hashed."""
         secret = secrets.token_urlsafe(32)
         ttl = self.queue_timeout + self.build_timeout
-        await self.store.redis.set(self.keys.git_grant(job_id), grant_hash(secret), ex=ttl)
+        await self.store.grant_fetch(job_id, grant_hash(secret), ttl)
         return {"method": "proxy", "secret": secret}
 
     def _fetch_over(self, job_id: str) -> None:
@@ -147,14 +147,14 @@ class CloneCredentials:
         key_id = await deploykeys.add(gitlab, job["project_id"],
                                       deploykeys.title(self.user.name, self.name, job["id"]),
                                       public)
-        await self.store.redis.hset(self.keys.job(job["id"]), "deploy_key_id", str(key_id))
+        await self.store.note(job["id"], deploy_key_id=str(key_id))
         self._released = None
         return {"method": "ssh", "private_key": private}
 
     async def _end_fetch_credentials(self, job_id: str) -> None:
         try:
-            await self.store.redis.delete(self.keys.git_grant(job_id))
-            job = await self.store.redis.hgetall(self.keys.job(job_id))
+            await self.store.revoke_fetch(job_id)
+            job = await self.store.find(job_id)
             await self._release_deploy_key(job)
         except Exception:  # best effort: poll/stop and the stale sweep come later
             self.log.exception("Ending the fetch credentials of job %s failed", job_id)
@@ -183,8 +183,7 @@ class CloneCredentials:
         """Delete the job's deploy key with the user's (refreshed) token, retrying a
         failed delete a few times; once deleted, later calls do nothing."""
         if job is None:
-            job = await self.store.redis.hgetall(self.keys.job(self.job_id)) if self.job_id \
-                else {}
+            job = await self.store.find(self.job_id) if self.job_id else {}
         if not job.get("deploy_key_id") or getattr(self, "_released", None) == job["id"]:
             return
         for delay in (*RELEASE_DELAYS, None):

@@ -20,7 +20,7 @@ transition are two steps): the hub stops such a job with ``queued -> stopped``
 and the runner, whose claim is then refused, drops the id and starts nothing.
 
 Every change of state is compare-and-set in a Lua script that also updates the
-``status`` hash and appends a ``state`` entry to the job's log stream, so a
+``jobs`` index and appends a ``state`` entry to the job's log stream, so a
 watcher of the log sees every state change in order with the log lines.
 """
 
@@ -31,21 +31,43 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from .exceptions import InvalidTransition, JobNotFound
+from .jobscripts import NOTE_LUA, REAP_LUA, TRANSITION_LUA
 from .keys import Keys
 
-QUEUED, CLAIMED, FETCHING, BUILDING, STARTING, RUNNING = (
-    "queued", "claimed", "fetching", "building", "starting", "running",
-)
-STOPPING, STOPPED, FAILED = "stopping", "stopped", "failed"
 
-ACTIVE = (CLAIMED, FETCHING, BUILDING, STARTING, RUNNING)
-TERMINAL = (STOPPED, FAILED)
-STATES = (QUEUED, *ACTIVE, STOPPING, *TERMINAL)
+class State(str, Enum):
+    """A job's state; the value is what Redis stores (``job:<id>`` field ``state``)."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    FETCHING = "fetching"
+    BUILDING = "building"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # the same on every Python: "queued", not "State.QUEUED"
+        return self.value
+
+
+QUEUED, CLAIMED, FETCHING, BUILDING, STARTING, RUNNING = (
+    State.QUEUED, State.CLAIMED, State.FETCHING, State.BUILDING, State.STARTING, State.RUNNING,
+)
+STOPPING, STOPPED, FAILED = State.STOPPING, State.STOPPED, State.FAILED
+
+# The groups, defined here once (the Lua scripts get them as ARGV, see _LUA_STATES):
+EARLY = (CLAIMED, FETCHING, BUILDING, STARTING)  # on a runner, not running yet: can go back
+ACTIVE = (*EARLY, RUNNING)  # a runner holds it
+TERMINAL = (STOPPED, FAILED)  # final: nothing moves it any more
+STATES = tuple(State)
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     QUEUED: (CLAIMED, STOPPING, STOPPED, FAILED),
@@ -68,67 +90,14 @@ LOG_MAXLEN = 20000  # entries kept per job log (approximate trim)
 CLONE_RENEWED = "clone-renewed"
 JOB_TTL = 7 * 24 * 3600  # finished jobs and their logs expire after a week
 
-# KEYS: job, status, log.  ARGV: job id, new state, now, message, maxlen,
-# n allowed-from states, the states..., then field/value pairs to set.
-_TRANSITION_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, ''} end
-local n = tonumber(ARGV[6])
-local ok = false
-for i = 7, 6 + n do
-  if ARGV[i] == cur then ok = true end
-end
-if not ok then return {0, cur} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated', ARGV[3])
-for i = 7 + n, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-  'kind', 'state', 'state', ARGV[2], 'message', ARGV[4], 'ts', ARGV[3])
-return {1, cur}
-"""
+# how many index entries one prune looks at (the index is pruned a batch at a time)
+PRUNE_BATCH = 500
 
-
-# Hand a job of a dead (or restarted) runner back, or fail it, atomically.
-# KEYS: heartbeat of that runner, its claimed list, job, status, log, queue.
-# ARGV: job id, now, message, maxlen, runner id, mode ("requeue" | "fail"),
-# "1" to require that the heartbeat is gone.
-_REAP_LUA = """
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 'alive' end
-local state = redis.call('HGET', KEYS[3], 'state')
-local function drop() redis.call('LREM', KEYS[2], 0, ARGV[1]) end
-local function entry(s)
-  redis.call('HSET', KEYS[4], ARGV[1], s)
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
-    'kind', 'state', 'state', s, 'message', ARGV[3], 'ts', ARGV[2])
-end
-if not state or state == 'stopped' or state == 'failed' then drop() return 'gone' end
-if state == 'queued' then
-  drop()
-  if not redis.call('LPOS', KEYS[6], ARGV[1]) then redis.call('RPUSH', KEYS[6], ARGV[1]) end
-  return 'requeued'
-end
-if redis.call('HGET', KEYS[3], 'runner') ~= ARGV[5] then drop() return 'moved' end
-local early = state == 'claimed' or state == 'fetching' or state == 'building'
-  or state == 'starting'
-if ARGV[6] == 'requeue' and early then
-  drop()
-  redis.call('HSET', KEYS[3], 'state', 'queued', 'runner', '', 'updated', ARGV[2])
-  entry('queued')
-  redis.call('RPUSH', KEYS[6], ARGV[1])
-  return 'requeued'
-end
-if ARGV[6] == 'fail' then
-  drop()
-  redis.call('HSET', KEYS[3], 'state', 'failed', 'updated', ARGV[2], 'error', ARGV[3],
-    'exit_code', '1')
-  entry('failed')
-  return 'failed'
-end
-return state
-"""
-
+# the states the scripts below need, from State and its groups (no state literal in Lua)
+_LUA_STATES = json.dumps({
+    "queued": QUEUED.value, "failed": FAILED.value,
+    "early": {s.value: True for s in EARLY}, "final": {s.value: True for s in TERMINAL},
+})
 
 def new_job_id() -> str:
     """A random, URL- and key-safe job id."""
@@ -167,8 +136,10 @@ class JobStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys):
         self.redis = redis
         self.keys = keys
-        self._transition = redis.register_script(_TRANSITION_LUA)
-        self._reap = redis.register_script(_REAP_LUA)
+        self._transition = redis.register_script(TRANSITION_LUA)
+        self._reap = redis.register_script(REAP_LUA)
+        self._note = redis.register_script(NOTE_LUA)
+        self._migrated = False  # protocol 2's status hash moved into the index yet?
 
     # -- records ------------------------------------------------------------
     async def create(self, job_id: str, fields: dict[str, Any], secret_blob: str) -> None:
@@ -180,11 +151,12 @@ class JobStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.job(job_id), mapping=record)
             pipe.set(k.token(job_id), secret_blob, ex=JOB_TTL)
-            pipe.hset(k.status, job_id, QUEUED)
+            pipe.zadd(k.jobs, {job_id: float(now)})
             pipe.xadd(k.log(job_id), _state_entry(QUEUED, "Queued, waiting for a runner", now),
                       maxlen=LOG_MAXLEN, approximate=True)
             pipe.lpush(k.queue, job_id)
             await pipe.execute()
+        await self.prune(float(now))  # a batch at a time, so the index never grows
 
     async def get(self, job_id: str) -> dict[str, str]:
         record = await self.redis.hgetall(self.keys.job(job_id))
@@ -192,8 +164,29 @@ class JobStore:
             raise JobNotFound(f"job {job_id} not found")
         return record
 
+    async def find(self, job_id: str) -> dict[str, str]:
+        """The job record, or ``{}`` when there is none (never created, or expired)."""
+        return await self.redis.hgetall(self.keys.job(job_id))
+
+    async def find_many(self, job_ids: list[str]) -> list[dict[str, str]]:
+        """:meth:`find` for many jobs in one round trip, in the order given."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            return await pipe.execute()
+
     async def state(self, job_id: str) -> str | None:
         return await self.redis.hget(self.keys.job(job_id), "state")
+
+    async def note(self, job_id: str, **fields: Any) -> bool:
+        """Set fields of an existing record that are no state change (e.g. the id of a
+        job's deploy key); False, and nothing written, if the job is gone."""
+        return bool(await self._note(keys=[self.keys.job(job_id)],
+                                     args=[x for kv in encode_fields(fields).items()
+                                           for x in kv]))
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.job(job_id)))
 
     async def secrets(self, job_id: str) -> str | None:
         return await self.redis.get(self.keys.token(job_id))
@@ -221,7 +214,7 @@ class JobStore:
         for name, value in fields.items():
             args += [name, _encode(value)]
         k = self.keys
-        ok, current = await self._transition(keys=[k.job(job_id), k.status, k.log(job_id)],
+        ok, current = await self._transition(keys=[k.job(job_id), k.jobs, k.log(job_id)],
                                              args=args)
         if ok == -1:
             raise JobNotFound(f"job {job_id} not found")
@@ -230,6 +223,88 @@ class JobStore:
         if new_state in TERMINAL:
             await self._expire(job_id)
         return current
+
+    async def move(self, job_id: str, new_state: str, message: str = "",
+                   allowed_from: Iterable[str] | None = None, **fields: Any) -> str | None:
+        """:meth:`transition` for callers to whom a refused move is no news: the old
+        state, or None when the job is gone or its state cannot go to ``new_state``."""
+        try:
+            return await self.transition(job_id, new_state, message, allowed_from, **fields)
+        except (InvalidTransition, JobNotFound):
+            return None
+
+    async def fail(self, job_id: str, reason: str, exit_code: int = 1,
+                   allowed_from: Iterable[str] | None = None) -> bool:
+        """Move a job that is not over to ``failed`` with ``reason`` as its error; False
+        if it had ended already (or is gone)."""
+        return await self.move(job_id, FAILED, reason, allowed_from, error=reason,
+                               exit_code=str(exit_code or 1)) is not None
+
+    async def request_stop(self, job_id: str, message: str) -> tuple[str, dict[str, str]]:
+        """Stop a job wherever it is; returns what happened and the record as last read.
+
+        ``"cancelled"``: it was queued and is stopped now (see :meth:`cancel_queued`);
+        ``"asked"``: it was on a runner, is ``stopping`` now and its runner was sent a
+        stop command; ``"stopping"``: a stop was under way already (the command is
+        sent again); ``"ended"``: it
+        was over (or is gone); ``"stuck"``: it kept going back to the queue, or names
+        no runner (the caller decides: usually fail it).
+        """
+        job: dict[str, str] = {}
+        for _turn in range(3):  # handed back to the queue meanwhile: cancel it then
+            if await self.cancel_queued(job_id):
+                return "cancelled", await self.find(job_id)
+            moved = await self.move(job_id, STOPPING, message, allowed_from=ACTIVE)
+            job = await self.find(job_id)
+            state, runner = job.get("state"), job.get("runner", "")
+            if state is None or state in TERMINAL:
+                return "ended", job
+            if state == STOPPING and runner:  # (asked again: a lost command does no harm)
+                await self.send_command(runner, {"op": "stop", "job": job_id})
+                return ("asked" if moved is not None else "stopping"), job
+            if state != QUEUED:
+                break
+        return "stuck", job
+
+    # -- the index of jobs ---------------------------------------------------------
+    async def recent(self, limit: int) -> list[str]:
+        """The ids of the ``limit`` jobs whose state changed last, newest first."""
+        if not self._migrated:
+            await self.migrate_legacy_status()
+        return await self.redis.zrevrange(self.keys.jobs, 0, limit - 1)
+
+    async def prune(self, now: float | None = None, batch: int = PRUNE_BATCH) -> int:
+        """Drop index entries older than :data:`JOB_TTL` whose record has expired (at
+        most ``batch`` per call); returns how many went. A record that still exists
+        (a long-running notebook) keeps its entry."""
+        cutoff = (time.time() if now is None else now) - JOB_TTL
+        k = self.keys
+        old = await self.redis.zrangebyscore(k.jobs, "-inf", cutoff, start=0, num=batch)
+        if not old:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in old:
+                pipe.exists(k.job(job_id))
+            alive = await pipe.execute()
+        gone = [job_id for job_id, there in zip(old, alive, strict=True) if not there]
+        if gone:
+            await self.redis.zrem(k.jobs, *gone)
+        return len(gone)
+
+    async def migrate_legacy_status(self) -> int:
+        """Move protocol 2's ``status`` hash into the index (each job at the time of
+        its last change), then delete it; idempotent, returns the entries moved."""
+        k = self.keys
+        moved = 0
+        async for job_id, _state in self.redis.hscan_iter(k.legacy_status, count=PRUNE_BATCH):
+            when = await self.redis.hmget(k.job(job_id), "updated", "created")
+            score = next((float(t) for t in when if t), None)
+            if score is not None:
+                moved += await self.redis.zadd(k.jobs, {job_id: score}, nx=True)
+            await self.redis.hdel(k.legacy_status, job_id)
+        await self.redis.delete(k.legacy_status)
+        self._migrated = True
+        return moved
 
     async def _expire(self, job_id: str) -> None:
         k = self.keys
@@ -261,6 +336,18 @@ class JobStore:
             pipe.rpush(self.keys.queue, job_id)  # RIGHT end is claimed next
             await pipe.execute()
 
+    async def unqueue(self, job_id: str) -> None:
+        """Take a job id out of the queue list (its state is the caller's business)."""
+        await self.redis.lrem(self.keys.queue, 0, job_id)
+
+    async def queued(self) -> list[str]:
+        """The queued job ids, the one claimed next first."""
+        return list(reversed(await self.redis.lrange(self.keys.queue, 0, -1)))
+
+    async def claimed_by(self, runner_id: str) -> list[str]:
+        """The job ids in ``runner_id``'s claimed list."""
+        return await self.redis.lrange(self.keys.claimed(runner_id), 0, -1)
+
     async def queue_position(self, job_id: str) -> int | None:
         """1 for the job that is claimed next, None if not queued."""
         length = await self.redis.llen(self.keys.queue)
@@ -275,12 +362,10 @@ class JobStore:
         ``queued -> claimed`` yet. That runner's claim is then refused (the job is
         no longer ``queued``) and it drops the id without starting anything.
         """
-        try:
-            await self.transition(job_id, STOPPED, "Cancelled before a runner took it",
-                                  allowed_from=[QUEUED])
-        except (InvalidTransition, JobNotFound):
+        if await self.move(job_id, STOPPED, "Cancelled before a runner took it",
+                           allowed_from=[QUEUED]) is None:
             return False
-        await self.redis.lrem(self.keys.queue, 0, job_id)
+        await self.unqueue(job_id)
         return True
 
     async def announce_positions(self, limit: int = 20) -> None:
@@ -300,16 +385,27 @@ class JobStore:
         """
         k = self.keys
         result = await self._reap(
-            keys=[k.heartbeat(runner_id), k.claimed(runner_id), k.job(job_id), k.status,
+            keys=[k.heartbeat(runner_id), k.claimed(runner_id), k.job(job_id), k.jobs,
                   k.log(job_id), k.queue],
             args=[job_id, str(time.time()), message, LOG_MAXLEN, runner_id, mode,
-                  "1" if require_dead else "0"])
+                  "1" if require_dead else "0", _LUA_STATES])
         if result == "failed":
             await self._expire(job_id)
         return result
 
     async def send_command(self, runner_id: str, command: dict[str, Any]) -> None:
         await self.redis.rpush(self.keys.commands(runner_id), json.dumps(command))
+
+    # -- the git proxy's one-time grant ------------------------------------------
+    async def grant_fetch(self, job_id: str, digest: str, ttl: int) -> None:
+        """Store the hash of a job's git proxy secret (see handlers/gitproxy.py)."""
+        await self.redis.set(self.keys.git_grant(job_id), digest, ex=ttl)
+
+    async def fetch_grant(self, job_id: str) -> str | None:
+        return await self.redis.get(self.keys.git_grant(job_id))
+
+    async def revoke_fetch(self, job_id: str) -> None:
+        await self.redis.delete(self.keys.git_grant(job_id))
 
     # -- log --------------------------------------------------------------------
     async def log(self, job_id: str, message: str, phase: str = "") -> str:
@@ -319,6 +415,11 @@ class JobStore:
             {"kind": "log", "phase": phase, "message": message, "ts": str(time.time())},
             maxlen=LOG_MAXLEN, approximate=True,
         )
+
+    async def last_log_id(self, job_id: str) -> str | None:
+        """The stream id of a job's newest log entry (None: no log)."""
+        last = await self.redis.xrevrange(self.keys.log(job_id), count=1)
+        return last[0][0] if last else None
 
     async def read_log(self, job_id: str, after: str = "0-0", count: int = 500) -> list[LogEntry]:
         """Entries strictly after stream id ``after`` (replay from the start with the default)."""

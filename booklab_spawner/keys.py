@@ -86,8 +86,15 @@ class Keys:
         return f"{self.prefix}queue"
 
     @property
-    def status(self) -> str:
-        """HASH ``job id -> state`` for every job (the seed's ``status``)."""
+    def jobs(self) -> str:
+        """ZSET ``job id -> time of its last state change``: the index of jobs, newest
+        last; entries whose record expired are pruned (``JobStore.prune``)."""
+        return f"{self.prefix}jobs"
+
+    @property
+    def legacy_status(self) -> str:
+        """HASH ``job id -> state`` of protocol 2 (the seed's ``status``), which grew
+        forever; only read to migrate it into :attr:`jobs`, then deleted."""
         return f"{self.prefix}status"
 
     def job(self, job_id: str) -> str:

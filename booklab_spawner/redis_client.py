@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+URL_ENV = "BOOKLAB_REDIS_URL"  # the environment variable hub and runner read
+
+
+def default_url() -> str:
+    """The Redis URL when none is configured: ``$BOOKLAB_REDIS_URL``, else the local one
+    (the hub's ``BooklabSpawner.redis_url`` and the runner's ``--redis-url`` default)."""
+    return os.environ.get(URL_ENV, DEFAULT_URL)
+
 
 _clients: dict[tuple[str, int], aioredis.Redis] = {}
 # redis-py 8 gives up on a reply after 5 s by default, which races Booklab's blocking

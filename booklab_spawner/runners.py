@@ -68,7 +68,7 @@ async def forget(redis: aioredis.Redis, keys: Keys, runner_id: str) -> None:
     """Remove every trace of a dead runner whose jobs were all reaped."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.srem(keys.runners, runner_id)
-        pipe.delete(keys.runner(runner_id), keys.claimed(runner_id), keys.commands(runner_id))
+        pipe.delete(keys.runner(runner_id), keys.commands(runner_id))
         await pipe.execute()
 
 

@@ -18,14 +18,14 @@ import time
 from typing import Any
 
 from jupyterhub.spawner import Spawner
-from traitlets import Enum, Float, Integer, Unicode, default, validate
+from traitlets import Float, Integer, Unicode, default, validate
 
 from . import conf as confmod
 from . import deploykeys
 from . import validate as check
 from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_host
 from .crypto import SecretBox, Signer, check_runner_token
-from .exceptions import GitLabError, InvalidInput, InvalidTransition
+from .exceptions import GitLabError, InvalidInput
 from .gitlab import GitLabClient
 from .jobs import (
     ACTIVE,
@@ -45,7 +45,7 @@ from .jobs import (
     new_job_id,
 )
 from .keys import DEFAULT_PREFIX, Keys
-from .redis_client import get_redis
+from .redis_client import default_url, get_redis
 from .runners import alive_runners, is_alive
 
 # environment variables that carry secrets: they travel encrypted in token:<job>
@@ -80,7 +80,7 @@ class BooklabSpawner(CloneCredentials, Spawner):
 
     @default("redis_url")
     def _default_redis_url(self) -> str:
-        return os.environ.get("BOOKLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
+        return default_url()
 
     key_prefix = Unicode(
         DEFAULT_PREFIX, config=True,
@@ -102,27 +102,17 @@ class BooklabSpawner(CloneCredentials, Spawner):
     def _default_runner_token(self) -> str:
         return os.environ.get("BOOKLAB_RUNNER_TOKEN", "")
 
-    gitlab_url = Unicode(
-        config=True,
-        help="Base URL of the GitLab instance, e.g. https://gitlab.example.org. "
-             "Defaults to $GITLAB_URL.",
-    )
+    # GitLab's URL and the clone method belong to the authenticator, which needs them
+    # first (OAuth endpoints, the scopes asked for); the spawner reads them from there.
+    @property
+    def gitlab_url(self) -> str:
+        """Base URL of GitLab: ``BooklabGitLabAuthenticator.gitlab_url``."""
+        return getattr(self.authenticator, "gitlab_url", "") or ""
 
-    @default("gitlab_url")
-    def _default_gitlab_url(self) -> str:
-        return os.environ.get("GITLAB_URL", "")
-
-    clone_method = Enum(
-        ["auto", "deploy_key", "token"], "auto", config=True,
-        help="""How a runner gets the repository; a runner never holds a credential that
-        can write to GitLab. 'deploy_key': a fresh read-only deploy key per launch,
-        cloned over SSH, deleted when the fetch ends (the user needs Maintainer on the
-        project). 'token': the runner fetches through the hub's read-only git proxy
-        with a one-time secret bound to the job; the hub forwards only git-upload-pack
-        for that one project with the user's own OAuth token, which never leaves the
-        hub. 'auto': a deploy key for Maintainers when ssh_known_hosts is set, the
-        proxy for everyone else.""",
-    )
+    @property
+    def clone_method(self) -> str:
+        """How runners get the repository: ``BooklabGitLabAuthenticator.clone_method``."""
+        return getattr(self.authenticator, "clone_method", "auto")
 
     ssh_known_hosts = Unicode(
         config=True,
@@ -393,12 +383,10 @@ class BooklabSpawner(CloneCredentials, Spawner):
     async def _abort(self, job_id: str, reason: str) -> None:
         """Fail a job that has not reached `running`: off the queue, runner told to stop."""
         store = self.store
-        await store.redis.lrem(self.keys.queue, 0, job_id)
-        try:
-            await store.transition(job_id, FAILED, reason, error=reason)
-        except InvalidTransition:
+        await store.unqueue(job_id)
+        if not await store.fail(job_id, reason):
             return
-        runner = (await store.get(job_id)).get("runner")
+        runner = (await store.find(job_id)).get("runner")
         if runner:
             await store.send_command(runner, {"op": "stop", "job": job_id})
 
@@ -407,7 +395,7 @@ class BooklabSpawner(CloneCredentials, Spawner):
         if not self.job_id:
             return 0
         store = self.store
-        job = await store.redis.hgetall(self.keys.job(self.job_id))
+        job = await store.find(self.job_id)
         state = job.get("state")
         if state in (None, *TERMINAL):
             await self._release_deploy_key(job)  # stop() will not be called for it
@@ -424,40 +412,27 @@ class BooklabSpawner(CloneCredentials, Spawner):
         return None
 
     async def _fail(self, reason: str) -> None:
-        try:
-            await self.store.transition(self.job_id, FAILED, reason, error=reason)
-        except InvalidTransition:
-            pass
+        await self.store.fail(self.job_id, reason)
 
     async def stop(self, now: bool = False) -> None:
         if not self.job_id:
             return
-        job = await self.store.redis.hgetall(self.keys.job(self.job_id))
+        job = await self.store.find(self.job_id)
         if job.get("state") not in (None, *TERMINAL):
-            await self._stop_job(self.job_id, job)
+            await self._stop_job(self.job_id)
         await self._release_deploy_key(job)
 
-    async def _stop_job(self, job_id: str, job: dict[str, str]) -> None:
-        """A ``queued`` job is stopped here (even one already in a runner's claimed
-        list, see JobStore.cancel_queued); a claimed one by the runner it names."""
-        store = self.store
-        for _turn in range(3):  # a job handed back to the queue meanwhile: cancel it now
-            if await store.cancel_queued(job_id):
-                return
-            try:
-                await store.transition(job_id, STOPPING, "Stopping", allowed_from=ACTIVE)
-            except InvalidTransition:
-                pass  # already stopping, finished, or queued again
-            job = await store.get(job_id)
-            if job["state"] != QUEUED:
-                break
+    async def _stop_job(self, job_id: str) -> None:
+        """Stop the job wherever it is (see JobStore.request_stop) and wait until its
+        runner confirms; a job that cannot be stopped, or whose runner stays silent,
+        is failed with the reason."""
+        outcome, job = await self.store.request_stop(job_id, "Stopping")
+        if outcome == "stuck":
+            await self._fail(f"The job could not be stopped in state {job.get('state')!r}")
+            return
+        if outcome in ("cancelled", "ended"):
+            return
         runner = job.get("runner", "")
-        if job["state"] in TERMINAL:
-            return
-        if job["state"] == QUEUED or not runner:
-            await self._fail(f"The job could not be stopped in state {job['state']!r}")
-            return
-        await store.send_command(runner, {"op": "stop", "job": job_id})
         try:
             await asyncio.wait_for(self._wait_stopped(job_id), self.stop_timeout)
         except asyncio.TimeoutError:

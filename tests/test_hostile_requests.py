@@ -121,7 +121,7 @@ def assert_nothing_invalid_queued(hub: Hub) -> None:
     r = rdb(hub)
     for job_id in r.lrange(f"{hub.key_prefix}queue", 0, -1):
         assert job_id in jobs, job_id
-    assert set(r.hkeys(f"{hub.key_prefix}status")) <= set(jobs)
+    assert set(r.zrange(f"{hub.key_prefix}jobs", 0, -1)) <= set(jobs)
     for kind in ("log", "token"):  # no log or secret of a job that is not there
         for key in r.scan_iter(f"{hub.key_prefix}{kind}:*"):
             assert key.split(":", 2)[-1] in jobs, key

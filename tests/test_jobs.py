@@ -12,11 +12,11 @@ async def make_job(store, job_id="j1", **fields):
     return job_id
 
 
-async def test_create_writes_record_status_queue_log_and_secret(store, redis, keys):
+async def test_create_writes_record_index_queue_log_and_secret(store, redis, keys):
     await make_job(store)
     job = await store.get("j1")
     assert job["state"] == "queued" and job["user"] == "alice"
-    assert await redis.hget(keys.status, "j1") == "queued"
+    assert await redis.zscore(keys.jobs, "j1") == float(job["created"])
     assert await redis.lrange(keys.queue, 0, -1) == ["j1"]
     assert await redis.get(keys.token("j1")) == "blob"
     entries = await store.read_log("j1")
@@ -31,7 +31,8 @@ async def test_full_lifecycle_in_order(store, redis, keys):
     states = [e.state for e in await store.read_log("j1") if e.kind == "state"]
     assert states == ["queued", "claimed", "fetching", "building", "starting", "running",
                       "stopping", "stopped"]
-    assert await redis.hget(keys.status, "j1") == "stopped"
+    # the index orders jobs by their last change: the final one
+    assert await redis.zscore(keys.jobs, "j1") == float((await store.get("j1"))["updated"])
     # finished jobs expire and their secrets are deleted at once
     assert await redis.ttl(keys.job("j1")) > 0
     assert await redis.exists(keys.token("j1")) == 0

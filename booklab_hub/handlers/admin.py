@@ -12,8 +12,7 @@ import time
 
 from tornado import web
 
-from booklab_spawner.exceptions import InvalidTransition
-from booklab_spawner.jobs import ACTIVE, QUEUED, STOPPING, TERMINAL
+from booklab_spawner.jobs import ACTIVE, QUEUED
 
 from .base import BooklabHandler
 
@@ -58,21 +57,18 @@ async def runner_rows(redis, keys) -> list[dict]:
     return rows
 
 
-async def job_rows(redis, keys) -> list[dict]:
-    ids = sorted(await redis.hkeys(keys.status), reverse=True)[:MAX_JOBS]
-    queue = await redis.lrange(keys.queue, 0, -1)
-    if not ids:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        records = await pipe.execute()
+async def job_rows(store, runner_ids: list[str]) -> list[dict]:
+    """The jobs that are queued or on a runner, however old, and the newest others."""
+    await store.prune()
+    queue = await store.queued()
+    held = [job_id for runner_id in runner_ids for job_id in await store.claimed_by(runner_id)]
+    ids = sorted({*queue, *held, *await store.recent(MAX_JOBS)}, reverse=True)
     now = time.time()
     rows = []
-    for job_id, job in zip(ids, records, strict=True):
+    for job_id, job in zip(ids, await store.find_many(ids), strict=True):
         if not job:
-            continue  # expired record; the status entry outlived it
-        position = len(queue) - queue.index(job_id) if job_id in queue else None
+            continue  # expired record; its index entry goes with the next prune
+        position = queue.index(job_id) + 1 if job_id in queue else None
         rows.append({**job, "age": _age(job.get("created"), now), "position": position,
                      "cancellable": job.get("state") in (QUEUED, *ACTIVE)})
     return rows
@@ -85,7 +81,7 @@ class AdminHandler(BooklabHandler):
     async def get(self) -> None:
         self.require_admin()
         runners = await runner_rows(self.redis, self.keys)
-        jobs = await job_rows(self.redis, self.keys)
+        jobs = await job_rows(self.store, [r["id"] for r in runners])
         await self.render_page(
             "admin.html", runners=runners, jobs=jobs,
             queued=sum(1 for j in jobs if j.get("state") == QUEUED),
@@ -114,14 +110,14 @@ class CancelJobHandler(BooklabHandler):
 
     async def _cancel_orphan(self, job: dict[str, str]) -> str:
         """A job no server owns any more: off the queue, or told to stop on its runner."""
-        if job.get("state") == QUEUED and await self.store.cancel_queued(job["id"]):
-            return f"Cancelled queued job {job['id']}"
-        if job.get("state") in TERMINAL:
-            return f"Job {job['id']} had already ended"
-        try:
-            await self.store.transition(job["id"], STOPPING, "Cancelled by an administrator",
-                                        allowed_from=ACTIVE)
-        except InvalidTransition:
+        outcome, job = await self.store.request_stop(job["id"], "Cancelled by an administrator")
+        if outcome == "asked":
+            return f"Asked runner {job['runner']} to stop job {job['id']}"
+        if outcome == "stopping":
             return f"Job {job['id']} is already stopping"
-        await self.store.send_command(job["runner"], {"op": "stop", "job": job["id"]})
-        return f"Asked runner {job['runner']} to stop job {job['id']}"
+        if outcome == "cancelled":
+            return f"Cancelled queued job {job['id']}"
+        if outcome == "ended":
+            return f"Job {job['id']} had already ended"
+        await self.store.fail(job["id"], "Cancelled by an administrator: the job names no runner")
+        return f"Failed job {job['id']}, which names no runner"

@@ -76,7 +76,7 @@ class GitProxyHandler(BooklabHandler):
                 if auth[:6].lower() == "basic " else ("", "", "")
         except (binascii.Error, UnicodeDecodeError):
             name, secret = "", ""
-        stored = await self.redis.get(self.keys.git_grant(job_id)) if secret else None
+        stored = await self.store.fetch_grant(job_id) if secret else None
         given = hashlib.sha256(secret.encode()).hexdigest()
         if name != job_id or not stored or not hmac.compare_digest(stored, given):
             self.log.warning("git proxy: refused a request for job %s (no valid grant)", job_id)

@@ -29,7 +29,7 @@ from .. import jobs as J
 from ..crypto import SecretBox, Signer, check_runner_token
 from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
-from ..redis_client import connect
+from ..redis_client import connect, default_url
 from . import cache, fetch
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
@@ -149,11 +149,9 @@ class Runner:
                 await self.publish_info()
 
     async def _take(self, job_id: str) -> bool:
-        try:
-            await self.store.transition(job_id, J.CLAIMED, f"Claimed by runner {self.runner_id}",
-                                        allowed_from=[J.QUEUED], runner=self.runner_id)
-        except (InvalidTransition, JobNotFound) as e:
-            log.info("skipping job %s: %s", job_id, e)
+        if await self.store.move(job_id, J.CLAIMED, f"Claimed by runner {self.runner_id}",
+                                 allowed_from=[J.QUEUED], runner=self.runner_id) is None:
+            log.info("skipping job %s: it is no longer queued", job_id)
             await self.store.release(self.runner_id, job_id)
             return False
         if self.stopping.is_set():
@@ -236,15 +234,12 @@ class Runner:
 
     async def _stop_unknown(self, job_id: str) -> None:
         """A stop for a job this runner no longer works on: confirm it."""
-        try:
-            await self.store.transition(job_id, J.STOPPED, "Stopped", allowed_from=[J.STOPPING])
-        except (InvalidTransition, JobNotFound):
-            pass
+        await self.store.move(job_id, J.STOPPED, "Stopped", allowed_from=[J.STOPPING])
 
     async def shutdown(self) -> None:
         """Hand back jobs not yet running; stop the notebooks of running ones."""
         for job_id, (worker, task) in list(self.workers.items()):
-            if worker.state in (J.CLAIMED, J.FETCHING, J.BUILDING, J.STARTING):
+            if worker.state in J.EARLY:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 try:
@@ -253,11 +248,8 @@ class Runner:
                 except (InvalidTransition, JobNotFound):
                     pass
             else:
-                try:
-                    await self.store.transition(job_id, J.STOPPING,
-                                                f"Runner {self.runner_id} is shutting down")
-                except (InvalidTransition, JobNotFound):
-                    pass
+                await self.store.move(job_id, J.STOPPING,
+                                      f"Runner {self.runner_id} is shutting down")
                 await worker.stop()
                 await asyncio.gather(task, return_exceptions=True)
 
@@ -273,7 +265,7 @@ class RunnerApp(Application):
 
     @default("redis_url")
     def _default_redis_url(self) -> str:
-        return os.environ.get("BOOKLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
+        return default_url()
 
     runner_token = Unicode(config=True, help="Secret shared with the hub, at least 32 "
                            "characters (default: $BOOKLAB_RUNNER_TOKEN).")

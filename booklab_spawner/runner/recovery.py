@@ -27,16 +27,12 @@ from typing import TYPE_CHECKING
 
 from .. import jobs as J
 from .. import runners
-from ..exceptions import InvalidTransition, JobNotFound
 from .launch import exit_message
 
 if TYPE_CHECKING:
     from .app import Runner
 
 log = logging.getLogger(__name__)
-
-EARLY = (J.QUEUED, J.CLAIMED, J.FETCHING, J.BUILDING, J.STARTING)
-
 
 async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
     """One scan; returns (dead runner, job, outcome) for each job looked at."""
@@ -47,7 +43,7 @@ async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
         if dead == runner.runner_id:
             continue
         gone_long = time.time() - last_beat > grace
-        for job_id in await redis.lrange(keys.claimed(dead), 0, -1):
+        for job_id in await store.claimed_by(dead):
             outcome = await store.reap(dead, job_id, f"Runner {dead} stopped answering (no "
                                        "heartbeat); the job went back to the queue")
             if outcome in (J.RUNNING, J.STOPPING) and gone_long:
@@ -57,7 +53,7 @@ async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
             if outcome != "alive":
                 log.info("reaped job %s of dead runner %s: %s", job_id, dead, outcome)
             outcomes.append((dead, job_id, outcome))
-        if gone_long and not await redis.llen(keys.claimed(dead)):
+        if gone_long and not await store.claimed_by(dead):
             log.info("forgetting runner %s (gone since %.0f)", dead, last_beat)
             await runners.forget(redis, keys, dead)
     return outcomes
@@ -89,10 +85,10 @@ async def reconcile(runner: Runner) -> set[str]:
             continue
         if mine:  # it ended while the runner was away
             info = await runner.launcher.exit_info(container_id)
-            await _fail(runner, job_id, exit_message(info), info.code)
+            await runner.store.fail(job_id, exit_message(info), info.code)
         log.info("removing orphan container %s (job %s)", container_id[:12], job_id or "?")
         await runner.launcher.remove(container_id, grace=2)
-    for job_id in await runner.redis.lrange(runner.keys.claimed(runner.runner_id), 0, -1):
+    for job_id in await runner.store.claimed_by(runner.runner_id):
         if job_id not in adopted:
             await _settle(runner, job_id)
     return adopted
@@ -100,17 +96,9 @@ async def reconcile(runner: Runner) -> set[str]:
 
 async def _job(runner: Runner, job_id: str) -> dict[str, str]:
     try:
-        return await runner.store.get(job_id) if job_id else {}
-    except (JobNotFound, ValueError):
+        return await runner.store.find(job_id) if job_id else {}
+    except ValueError:  # a label that is no job id (keys.check_id)
         return {}
-
-
-async def _fail(runner: Runner, job_id: str, reason: str, code: int = 1) -> None:
-    try:
-        await runner.store.transition(job_id, J.FAILED, reason, error=reason,
-                                      exit_code=str(code or 1))
-    except (InvalidTransition, JobNotFound):
-        pass
 
 
 async def _settle(runner: Runner, job_id: str) -> None:
@@ -118,13 +106,10 @@ async def _settle(runner: Runner, job_id: str) -> None:
     me, store = runner.runner_id, runner.store
     state = await store.state(job_id)
     if state == J.STOPPING:
-        try:
-            await store.transition(job_id, J.STOPPED, "Stopped (the runner restarted)",
-                                   allowed_from=[J.STOPPING], exit_code="0")
-        except (InvalidTransition, JobNotFound):
-            pass
+        await store.move(job_id, J.STOPPED, "Stopped (the runner restarted)",
+                         allowed_from=[J.STOPPING], exit_code="0")
         await store.release(me, job_id)
-    elif state in EARLY:
+    elif state == J.QUEUED or state in J.EARLY:
         await store.reap(me, job_id, f"Runner {me} restarted; the job went back to the queue",
                          require_dead=False)
     else:

@@ -114,7 +114,7 @@ class JobWorker:
         for delay in (0.5, 1, 2, None):
             try:
                 await self.store.replace_secrets(self.job_id, blob)
-                await self.runner.redis.delete(self.runner.keys.git_grant(self.job_id))
+                await self.store.revoke_fetch(self.job_id)
                 return
             except Exception as e:  # Redis hiccup: retry; the TTL is the backstop
                 if delay is None:
@@ -180,8 +180,7 @@ class JobWorker:
     async def _renewed_clone(self) -> dict[str, str]:
         """A job handed back after its fetch has no clone credential any more: wait (on
         the job's log, not a timer) until the hub renews it."""
-        last = await self.store.redis.xrevrange(self.store.keys.log(self.job_id), count=1)
-        after = last[0][0] if last else "0-0"
+        after = await self.store.last_log_id(self.job_id) or "0-0"
         clone = (await self._secrets())["clone"]  # renewed already?
         if clone.get("method"):
             return clone
@@ -281,18 +280,11 @@ class JobWorker:
     async def _finish_stop(self) -> None:
         if self.container_id:
             await self.runner.launcher.remove(self.container_id)
-        try:
-            await self.store.transition(self.job_id, J.STOPPED, "Stopped",
-                                        allowed_from=[J.STOPPING], exit_code="0")
-        except (InvalidTransition, JobNotFound):
-            pass
+        await self.store.move(self.job_id, J.STOPPED, "Stopped", allowed_from=[J.STOPPING],
+                              exit_code="0")
 
     async def _fail(self, reason: str, code: int = 1) -> None:
         reason = self.scrub(reason)
         if self.container_id:
             await self.runner.launcher.remove(self.container_id)
-        try:
-            await self.store.transition(self.job_id, J.FAILED, reason, error=reason,
-                                        exit_code=str(code or 1))
-        except (InvalidTransition, JobNotFound):
-            pass
+        await self.store.fail(self.job_id, reason, code)
