@@ -44,8 +44,13 @@ class BooklabGitLabAuthenticator(GitLabOAuthenticator):
         ["auto", "deploy_key", "token"], "auto", config=True,
         help="""How runners clone, which decides the OAuth scopes asked of GitLab:
         'deploy_key' and 'auto' need 'api' (deploy keys are created through the API);
-        'token' needs 'read_user read_api read_repository'. Keep it equal to
-        BooklabSpawner.clone_method (config.yml's gitlab.clone_method sets both).""",
+        'token' needs 'read_user read_api read_repository'. BooklabSpawner reads it
+        from here: 'deploy_key' gives every launch a fresh read-only deploy key, cloned
+        over SSH and deleted when the fetch ends (the user needs Maintainer on the
+        project); 'token' lets the runner fetch through the hub's read-only git proxy
+        with a one-time secret bound to the job, the user's OAuth token never leaving
+        the hub; 'auto' uses a deploy key for Maintainers when
+        BooklabSpawner.ssh_known_hosts is set, the proxy for everyone else.""",
     )
 
     access_token_min_lifetime = Integer(

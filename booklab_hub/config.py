@@ -18,6 +18,8 @@ import yaml
 
 from booklab_spawner.crypto import MIN_TOKEN_LENGTH
 from booklab_spawner.keys import Keys
+from booklab_spawner.redis_client import DEFAULT_URL as DEFAULT_REDIS_URL
+from booklab_spawner.redis_client import URL_ENV as REDIS_URL_ENV
 
 
 class ConfigError(Exception):
@@ -137,9 +139,9 @@ SETTINGS: list[Setting] = [
     Setting("gitlab.token_min_lifetime", int, 1800, "Seconds a user's GitLab token must "
             "still be valid at a launch or stop; closer to expiry it is refreshed first "
             "(GitLab's tokens live 7200 s).", check=_non_negative),
-    Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis shared with the runners; "
+    Setting("redis.url", str, DEFAULT_REDIS_URL, "Redis shared with the runners; "
             "put Redis behind a password: redis://:PASSWORD@host:6379/0.",
-            env="BOOKLAB_REDIS_URL", check=_redis_url, secret=True),
+            env=REDIS_URL_ENV, check=_redis_url, secret=True),
     Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
             check=_prefix),
     Setting("runners.token", str, "", "Secret shared with the runners (at least 32 "
@@ -272,13 +274,11 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     auth.access_token_min_lifetime = s["gitlab.token_min_lifetime"]
 
     sp = c.BooklabSpawner
-    sp.gitlab_url = s["gitlab.url"]
     sp.redis_url = s["redis.url"]
     sp.key_prefix = s["redis.key_prefix"]
     sp.runner_token = s["runners.token"]
     sp.runner_network = s["runners.network"]
     sp.image_prefix = s["runners.image_prefix"]
-    sp.clone_method = s["gitlab.clone_method"]
     sp.ssh_known_hosts = s["gitlab.ssh_known_hosts"]
     sp.build_timeout = s["runners.build_timeout"]
     sp.queue_timeout = s["runners.queue_timeout"]
@@ -308,6 +308,12 @@ Booklab's hub reads one file, `config.yml` (or the file named by
 the hub at start with a message naming the key. Secrets may come from the
 environment instead of the file (the variable wins). `JUPYTERHUB_CRYPT_KEY`
 must always be set: it encrypts each user's GitLab token in the hub's database.
+
+The keys are mapped onto JupyterHub traits in one place (`apply()` in
+`booklab_hub/config.py`); a value two parts need has one owner that the others
+read: `gitlab.url` and `gitlab.clone_method` are the authenticator's
+(`BooklabGitLabAuthenticator`), and `BooklabSpawner` and the pages read them
+from it; `redis.url` is the spawner's, and the pages read it from there.
 
 This page is generated from `booklab_hub/config.py` (`SETTINGS`):
 `python -m booklab_hub.config > docs/configuration.md`.

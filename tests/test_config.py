@@ -72,7 +72,7 @@ def run_hub_config(tmp_path, env):
     """Load jupyterhub_config.py the way JupyterHub does, in a fresh process."""
     code = ("from traitlets.config.loader import PyFileConfigLoader as L; "
             f"c = L('jupyterhub_config.py', path={str(REPO)!r}).load_config(); "
-            "print(c.BooklabSpawner.gitlab_url, c.JupyterHub.spawner_class)")
+            "print(c.BooklabGitLabAuthenticator.gitlab_url, c.JupyterHub.spawner_class)")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, cwd=tmp_path)
 
@@ -124,8 +124,9 @@ def test_clone_method_reaches_spawner_and_authenticator(tmp_path, method):
     auth = BooklabGitLabAuthenticator(config=c)
     assert auth.clone_method == method and auth.scope == SCOPES[method]
     assert auth.enable_auth_state and auth.refresh_pre_spawn and auth.refresh_pre_stop
-    spawner = BooklabSpawner(config=c)
-    assert spawner.clone_method == method
+    spawner = BooklabSpawner(config=c, authenticator=auth)
+    assert spawner.clone_method == method  # read from its one owner, the authenticator
+    assert spawner.gitlab_url == auth.gitlab_url == GOOD["gitlab"]["url"]
     assert c.JupyterHub.cleanup_servers is False  # a hub restart keeps the notebooks
 
 

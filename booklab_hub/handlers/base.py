@@ -16,8 +16,9 @@ from tornado import web
 from booklab_spawner.exceptions import GitLabError, JobNotFound
 from booklab_spawner.gitlab import GitLabClient
 from booklab_spawner.jobs import JobStore
-from booklab_spawner.keys import DEFAULT_PREFIX, Keys
+from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
+from booklab_spawner.spawner import BooklabSpawner
 
 PREFIX = "/booklab"  # under the hub's prefix: /hub/booklab/...
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
@@ -33,14 +34,11 @@ class PageSettings:
 
     @classmethod
     def from_app(cls, app) -> PageSettings:
-        cfg = app.config.get("BooklabSpawner", {})
-        gitlab_url = cfg.get("gitlab_url") or getattr(app.authenticator, "gitlab_url", "")
-        return cls(
-            redis_url=cfg.get("redis_url") or os.environ.get(
-                "BOOKLAB_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            key_prefix=cfg.get("key_prefix", DEFAULT_PREFIX),
-            gitlab_url=gitlab_url or os.environ.get("GITLAB_URL", ""),
-        )
+        """Each value from its owner: Redis from the spawner's configuration, GitLab
+        from the authenticator (as the spawner reads it too)."""
+        spawner = BooklabSpawner(config=app.config, authenticator=app.authenticator)
+        return cls(redis_url=spawner.redis_url, key_prefix=spawner.key_prefix,
+                   gitlab_url=spawner.gitlab_url)
 
 
 class BooklabHandler(BaseHandler):
