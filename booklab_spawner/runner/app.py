@@ -18,7 +18,6 @@ import re
 import signal
 import socket
 
-from jupyterhub.traitlets import ByteSpecification
 from redis.exceptions import RedisError
 from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 from traitlets.config import Application
@@ -30,6 +29,7 @@ from ..crypto import SecretBox, Signer, check_runner_token
 from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
+from ..traits import ByteSize
 from . import cache, fetch
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
@@ -342,7 +342,7 @@ class RunnerApp(Application):
             raise ValueError("orphan_grace must not be negative")
         return proposal.value
 
-    image_budget = ByteSpecification(0, config=True, help="Disk budget for the images this "
+    image_budget = ByteSize(0, config=True, help="Disk budget for the images this "
                                      "runner built or launched, in bytes or with a K/M/G/T "
                                      "suffix, e.g. 50G. Past it, images are removed least "
                                      "recently launched first. 0: no limit.")
@@ -351,7 +351,7 @@ class RunnerApp(Application):
     pids_limit = Integer(1024, config=True, help="Processes (and threads) one notebook "
                          "container may have at once, e.g. 1024; a fork bomb stops there. "
                          "0: no limit.")
-    default_mem_limit = ByteSpecification(2 * 1024 ** 3, config=True, help="Memory (and "
+    default_mem_limit = ByteSize(2 * 1024 ** 3, config=True, help="Memory (and "
                                           "memory+swap) limit of a notebook whose launch "
                                           "sets none (the hub's mem_limit), in bytes or with "
                                           "a K/M/G/T suffix, e.g. 2G. 0: no limit.")
