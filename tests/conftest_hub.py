@@ -11,10 +11,10 @@ import time
 import pytest
 import redis as syncredis
 import requests
-from docker.errors import APIError
 
 from booklab_spawner.crypto import SecretBox
 from tests.conftest_stack import Hub, RunnerProcess, _dump_on_failure
+from tests.services import remove_images, remove_runner_containers
 
 HB_IMAGE_PREFIX = "booklab-hb/"
 HB_RUNNER_PREFIX = "hb-"
@@ -88,17 +88,8 @@ def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
     for proc in procs:
         proc.stop()
         _dump_on_failure(request, proc)
-        for c in docker_client.containers.list(
-                all=True, filters={"label": f"org.booklab.runner={proc.runner_id}"}):
-            c.remove(force=True)
-    for image in docker_client.images.list():
-        for tag in image.tags:
-            if tag.startswith(HB_IMAGE_PREFIX):
-                # by tag: the same layers may be tagged (and running) for other tests
-                try:
-                    docker_client.images.remove(tag)
-                except APIError as e:
-                    print(f"could not remove image {tag}: {e}")
+    remove_runner_containers(docker_client, {proc.runner_id for proc in procs})
+    remove_images(docker_client, HB_IMAGE_PREFIX)
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -107,19 +98,18 @@ def rdb(redis_server) -> syncredis.Redis:
 
 
 def jobs_of(redis_server, hub: Hub, user: str, server: str | None = None) -> list[dict]:
-    r = rdb(redis_server)
-    jobs = [r.hgetall(k) for k in r.scan_iter(f"{hub.key_prefix}job:*")]
+    jobs = hub.jobs()
     return sorted((j for j in jobs if j.get("user") == user
                    and (server is None or j.get("server_name") == server)),
                   key=lambda j: float(j["created"]))
 
 
 def queue(redis_server, hub: Hub) -> list[str]:
-    return rdb(redis_server).lrange(f"{hub.key_prefix}queue", 0, -1)
+    return rdb(redis_server).lrange(hub.keys.queue, 0, -1)
 
 
 def job_secrets(redis_server, hub: Hub, job_id: str, runner_token: str) -> dict:
-    blob = rdb(redis_server).get(f"{hub.key_prefix}token:{job_id}")
+    blob = rdb(redis_server).get(hub.keys.token(job_id))
     assert blob, f"no secrets for job {job_id}"
     return SecretBox(runner_token).decrypt(blob)
 

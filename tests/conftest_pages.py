@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 import requests
-from docker.errors import APIError
 
 from tests.conftest_stack import (
     DEMO_DOCKERFILE,
@@ -25,7 +24,14 @@ from tests.conftest_stack import (
     notebook,
     running_hub,
 )
-from tests.services import NOTEBOOK_IMAGE, artifacts_dir, require_docker, require_image
+from tests.services import (
+    NOTEBOOK_IMAGE,
+    artifacts_dir,
+    remove_images,
+    remove_runner_containers,
+    require_docker,
+    require_image,
+)
 
 PAGES_IMAGE_PREFIX = "booklab-pg/"
 # one id per test process: other sessions may run these tests on the same Docker
@@ -92,15 +98,8 @@ def pages_docker():
     client = require_docker()
     require_image(client)
     yield client
-    for c in client.containers.list(
-            all=True, filters={"label": f"org.booklab.runner={PAGES_RUNNER}"}):
-        c.remove(force=True)
-    for image in client.images.list():
-        for tag in [t for t in image.tags if t.startswith(PAGES_IMAGE_PREFIX)]:
-            try:
-                client.images.remove(tag)
-            except APIError:
-                pass  # in use by a concurrent session's container: it cleans up itself
+    remove_runner_containers(client, {PAGES_RUNNER})
+    remove_images(client, PAGES_IMAGE_PREFIX)
 
 
 def running_pages_runner(redis_server, runner_token, tmp_path, request):

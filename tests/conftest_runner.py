@@ -12,12 +12,9 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import tempfile
 import time
-from pathlib import Path
 
-import docker.errors
 import pytest
 import requests
 
@@ -26,9 +23,14 @@ from booklab_spawner.crypto import SecretBox, Signer
 from booklab_spawner.jobs import CLONE_RENEWED, JobStore, encode_fields, new_job_id
 from booklab_spawner.runner.network import LABEL as NETWORK_LABEL
 from booklab_spawner.runner.network import NotebookNetwork
-from tests.conftest_stack import BIN, DEMO_DOCKERFILE, Process, notebook
+from tests.conftest_stack import DEMO_DOCKERFILE, RunnerProcess, notebook
 from tests.gitlab_double import GitLabDouble
-from tests.services import require_docker, require_image
+from tests.services import (
+    remove_images,
+    remove_runner_containers,
+    require_docker,
+    require_image,
+)
 
 RT_IMAGE_PREFIX = "booklab-rt/"
 RT_RUNNER_PREFIX = "rt-"
@@ -69,16 +71,8 @@ _STARTED: set[str] = set()
 
 
 def _cleanup_docker(client) -> None:
-    for c in client.containers.list(all=True, filters={"label": "org.booklab.runner"}):
-        if c.labels.get("org.booklab.runner", "") in _STARTED:
-            c.remove(force=True)
-    for image in client.images.list():
-        for tag in image.tags:
-            if tag.startswith(RT_IMAGE_PREFIX):
-                try:  # not forced: an image another session's container runs stays
-                    client.images.remove(tag)
-                except docker.errors.APIError:
-                    pass
+    remove_runner_containers(client, _STARTED)
+    remove_images(client, RT_IMAGE_PREFIX)
 
 
 @pytest.fixture
@@ -98,29 +92,6 @@ def gitlab_ssh():
     finally:
         gl.stop()
         shutil.rmtree(data, ignore_errors=True)
-
-
-class RunnerProcess(Process):
-    """One real ``booklab-runner`` process, its output in tests/artifacts."""
-
-    def __init__(self, runner_id: str, redis_url: str, token: str, prefix: str,
-                 work_dir: Path, *extra: str):
-        self.runner_id = runner_id
-        self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
-        cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
-               "--advertise-host=127.0.0.1", f"--work-dir={work_dir}",
-               f"--key-prefix={prefix}", "--log-level=DEBUG", *extra]
-        super().__init__(f"runner-{runner_id}", cmd, env, work_dir)
-
-    def kill(self) -> None:
-        """SIGKILL: the runner dies at once, as in a crash."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
-        return super().stop(sig, timeout)
 
 
 class LaunchDouble:
@@ -281,7 +252,7 @@ def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
             networks.update(e.split("=", 1)[1] for e in extra
                             if e.startswith("--notebook-network="))
             proc = RunnerProcess(f"{RT_RUNNER_PREFIX}{name}", redis_server.url, rt_token,
-                                 keys.prefix, work, *extra)
+                                 work, *extra, key_prefix=keys.prefix)
             started.append(proc)
             _STARTED.add(proc.runner_id)
             return proc
@@ -293,9 +264,6 @@ def rt_runners(redis_server, keys, rt_token, rt_docker, tmp_path, request):
     if rep is not None and rep.failed:
         for proc in started:
             print(f"\n===== {proc.runner_id} log =====\n{proc.output()[-6000:]}")
-    ours = {proc.runner_id for proc in started}
-    for c in rt_docker.containers.list(all=True, filters={"label": "org.booklab.runner"}):
-        if c.labels.get("org.booklab.runner", "") in ours:
-            c.remove(force=True)
+    remove_runner_containers(rt_docker, {proc.runner_id for proc in started})
     for name in networks:
         NotebookNetwork(rt_docker, name).remove()

@@ -21,14 +21,17 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
+import redis as syncredis
 import requests
 import yaml
-from docker.errors import APIError
 
+from booklab_spawner.keys import Keys
 from tests.services import (
     NOTEBOOK_IMAGE,
     artifacts_dir,
     free_port,
+    remove_images,
+    remove_runner_containers,
     require_docker,
     require_image,
 )
@@ -66,16 +69,8 @@ def docker_client():
     client = require_docker()
     require_image(client)
     yield client
-    for c in client.containers.list(all=True, filters={"label": "org.booklab.job"}):
-        if c.labels.get("org.booklab.runner", "").startswith("e2e-"):
-            c.remove(force=True)
-    for image in client.images.list():
-        for tag in image.tags:  # by tag: other suites' tags may share the same image id
-            if tag.startswith(E2E_IMAGE_PREFIX):
-                try:
-                    client.images.remove(tag)
-                except APIError as e:  # still used by a container of another suite
-                    print(f"left image {tag}: {e.explanation}")
+    remove_runner_containers(client, lambda runner: runner.startswith("e2e-"))
+    remove_images(client, E2E_IMAGE_PREFIX)
 
 
 class Process:
@@ -136,6 +131,7 @@ class Hub:
         }
         _merge(self.config, overrides or {})
         self.key_prefix = self.config["redis"]["key_prefix"]
+        self.keys = Keys(self.key_prefix)  # the hub's key names, built as Booklab does
         self.env = {
             **os.environ,
             "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -207,20 +203,41 @@ c.JupyterHub.log_level = "DEBUG"
         assert r.status_code == 201, r.text
         return r.json()["token"]
 
+    def redis(self) -> syncredis.Redis:
+        """A client of the hub's Redis (decoded), for looking at what Booklab stored."""
+        return syncredis.Redis.from_url(self.config["redis"]["url"], decode_responses=True)
+
+    def jobs(self) -> list[dict]:
+        """Every job record under this hub's prefix."""
+        r = self.redis()
+        return [r.hgetall(k) for k in r.scan_iter(self.keys.job("x").removesuffix("x") + "*")]
+
     def proxied(self, path: str) -> str:
         return urljoin(self.url, path)
 
 
 class RunnerProcess(Process):
-    def __init__(self, runner_id: str, redis_url: str, token: str, workdir: Path,
-                 slots: int = 1, key_prefix: str = KEY_PREFIX):
+    """One real ``booklab-runner`` process (every suite's), its output in tests/artifacts;
+    ``extra``: more command-line options, e.g. ``--slots=4``."""
+
+    def __init__(self, runner_id: str, redis_url: str, token: str, work_dir: Path,
+                 *extra: str, key_prefix: str = KEY_PREFIX):
+        self.runner_id = runner_id
+        self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
                "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
         cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
-               "--advertise-host=127.0.0.1", f"--work-dir={workdir}", f"--slots={slots}",
-               f"--key-prefix={key_prefix}", "--log-level=DEBUG"]
-        super().__init__(f"runner-{runner_id}", cmd, env, workdir)
-        self.runner_id = runner_id
+               "--advertise-host=127.0.0.1", f"--work-dir={work_dir}",
+               f"--key-prefix={key_prefix}", "--log-level=DEBUG", *extra]
+        super().__init__(f"runner-{runner_id}", cmd, env, work_dir)
+
+    def kill(self) -> None:
+        """SIGKILL: the runner dies at once, as in a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        return super().stop(sig, timeout)
 
 
 @pytest.fixture

@@ -94,3 +94,30 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("BOOKLAB_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# -- Docker clean-up, the one way every fixture does it -------------------------------
+RUNNER_LABEL = "org.booklab.runner"  # launch.LABEL_RUNNER, written out: tests state names
+
+
+def remove_runner_containers(client, runner_ids) -> None:
+    """Force-remove the containers labelled for one of ``runner_ids`` (a set, or a
+    predicate on the label): only this session's runners, never another session's."""
+    mine = runner_ids if callable(runner_ids) else set(runner_ids).__contains__
+    for c in client.containers.list(all=True, filters={"label": RUNNER_LABEL}):
+        if mine(c.labels.get(RUNNER_LABEL, "")):
+            c.remove(force=True)
+
+
+def remove_images(client, prefix: str) -> None:
+    """Untag every image whose tag starts with ``prefix``, by tag and not forced: the
+    same layers may be tagged (and running) for another suite, which cleans up itself."""
+    import docker.errors
+
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix):
+                try:
+                    client.images.remove(tag)
+                except docker.errors.APIError as e:
+                    print(f"left image {tag}: {e.explanation}")

@@ -74,7 +74,7 @@ def test_grant_fetches_one_project_once_and_never_pushes(make_hub, hb_gitlab, re
     blob = job_secrets(redis_server, hub, job_a["id"], runner_token)
     secret = blob["clone"]["secret"]
     assert gitlab_token_of(gl, "alice") not in json.dumps(blob)
-    conf = rdb(redis_server).hgetall(f"{hub.key_prefix}conf")
+    conf = rdb(redis_server).hgetall(hub.keys.conf)
     hub_url = json.loads(conf["hub_url"])
     assert hub_url == f"http://127.0.0.1:{hub.hub_port}/hub/"
     url_a = f"{hub_url}booklab/git/{job_a['id']}"
@@ -118,7 +118,7 @@ def test_grant_fetches_one_project_once_and_never_pushes(make_hub, hb_gitlab, re
                            "building"))
     assert requests.get(refs, headers=_basic(job_a["id"], secret), timeout=30).status_code \
         == 403
-    wait_until(lambda: not rdb(redis_server).exists(f"{hub.key_prefix}git_grant:{job_a['id']}"),
+    wait_until(lambda: not rdb(redis_server).exists(hub.keys.git_grant(job_a['id'])),
                30, "grant deleted by the hub")
     again = _git(tmp_path, job_a["id"], secret, "clone", url_a, "again")
     assert again.returncode != 0
@@ -150,12 +150,12 @@ def test_developer_launch_end_to_end_runner_never_sees_the_users_token(
     # after the fetch the runner's encrypted secrets hold no clone credential any more
     secrets_ = job_secrets(redis_server, hub, job["id"], runner_token)
     assert "clone" not in secrets_ and gl_token not in json.dumps(secrets_)
-    assert not rdb(redis_server).exists(f"{hub.key_prefix}git_grant:{job['id']}")
+    assert not rdb(redis_server).exists(hub.keys.git_grant(job['id']))
     hub.api("DELETE", "/users/alice/servers/proxied")
 
 
 def _job_log(redis_server, hub, job_id: str) -> str:
-    entries = rdb(redis_server).xrange(f"{hub.key_prefix}log:{job_id}")
+    entries = rdb(redis_server).xrange(hub.keys.log(job_id))
     return "\n".join(fields.get("message", "") for _, fields in entries)
 
 
@@ -176,7 +176,7 @@ def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
     (job,) = wait_until(lambda: jobs_of(redis_server, hub, "alice", "again"), 30, "job")
     wait_until(lambda: marker in _job_log(redis_server, hub, job["id"]), 300,
                "the build started")
-    assert not rdb(redis_server).exists(f"{hub.key_prefix}git_grant:{job['id']}")
+    assert not rdb(redis_server).exists(hub.keys.git_grant(job['id']))
     first.stop()  # SIGTERM: the job goes back to the queue
     hb_runner(hub)
     wait_ready(hub, "alice", "again")

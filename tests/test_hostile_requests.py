@@ -96,13 +96,12 @@ def rdb(hub: Hub) -> syncredis.Redis:
 
 def queued_jobs(hub: Hub) -> list[dict]:
     r = rdb(hub)
-    return [r.hgetall(f"{hub.key_prefix}job:{j}")
-            for j in r.lrange(f"{hub.key_prefix}queue", 0, -1)]
+    return [r.hgetall(hub.keys.job(j))
+            for j in r.lrange(hub.keys.queue, 0, -1)]
 
 
 def all_jobs(hub: Hub) -> list[dict]:
-    r = rdb(hub)
-    return [r.hgetall(k) for k in r.scan_iter(f"{hub.key_prefix}job:*")]
+    return hub.jobs()
 
 
 def job_ids(hub: Hub) -> set[str]:
@@ -119,9 +118,9 @@ def assert_nothing_invalid_queued(hub: Hub) -> None:
         assert check.commit_sha(job["sha"]) == job["sha"], job
         assert job["user"] == "alice" and job["project"] == "demo/hello", job
     r = rdb(hub)
-    for job_id in r.lrange(f"{hub.key_prefix}queue", 0, -1):
+    for job_id in r.lrange(hub.keys.queue, 0, -1):
         assert job_id in jobs, job_id
-    assert set(r.zrange(f"{hub.key_prefix}jobs", 0, -1)) <= set(jobs)
+    assert set(r.zrange(hub.keys.jobs, 0, -1)) <= set(jobs)
     for kind in ("log", "token"):  # no log or secret of a job that is not there
         for key in r.scan_iter(f"{hub.key_prefix}{kind}:*"):
             assert key.split(":", 2)[-1] in jobs, key
@@ -421,4 +420,4 @@ def test_property_stop_picker_and_admin_pages_never_fail_with_500(hr_hub, alice,
                        data={"_xsrf": admin.cookies.get("_xsrf")}, timeout=60,
                        allow_redirects=False)
         assert_handled(r)
-    assert rdb(hr_hub).hget(f"{hr_hub.key_prefix}job:{queued['id']}", "state") == "queued"
+    assert rdb(hr_hub).hget(hr_hub.keys.job(queued['id']), "state") == "queued"

@@ -77,6 +77,6 @@ def test_a_failed_deploy_key_removal_is_retried(make_hub, hb_runner, hb_gitlab, 
     hb_gitlab.add_member("demo/hello", "maria", MAINTAINER)
     wait_until(lambda: hb_gitlab.deploy_keys("demo/hello") == [], 30, "key removed on retry")
     wait_ready(hub, "maria", "retry")
-    assert rdb(redis_server).hget(f"{hub.key_prefix}job:{job['id']}", "state") == "running"
+    assert rdb(redis_server).hget(hub.keys.job(job['id']), "state") == "running"
     hub.api("DELETE", "/users/maria/servers/retry")
     wait_gone(hub, "maria", "retry")

@@ -96,7 +96,7 @@ def test_developer_gets_a_one_time_proxy_grant_never_their_token(
     assert gl_token not in json.dumps(secrets_)
     raw = "".join(str(v) for v in job.values())
     assert gl_token not in raw and secrets_["clone"]["secret"] not in raw
-    stored = rdb(redis_server).get(f"{hub.key_prefix}token:{job['id']}")
+    stored = rdb(redis_server).get(hub.keys.token(job['id']))
     assert stored.startswith("gAAAA")  # Fernet
     assert hub.api("DELETE", "/users/alice/servers/hello", token=token).status_code in (202, 204)
     wait_gone(hub, "alice", "hello")
@@ -126,7 +126,7 @@ def test_maintainer_gets_a_read_only_deploy_key_removed_at_stop(
     assert hub.api("DELETE", "/users/maria/servers/hello", token=token).status_code in (202, 204)
     wait_gone(hub, "maria", "hello")
     assert hb_gitlab.deploy_keys("demo/hello") == []
-    assert not rdb(redis_server).exists(f"{hub.key_prefix}token:{job['id']}")
+    assert not rdb(redis_server).exists(hub.keys.token(job['id']))
 
 
 def test_stale_booklab_deploy_keys_are_removed_at_the_next_launch(

@@ -191,7 +191,7 @@ def test_hub_refuses_a_forged_notebook_url(attack, make_hub, redis_server, runne
 def _queued_job(redis_server, hub) -> str | None:
     import redis as syncredis
     r = syncredis.Redis.from_url(redis_server.url, decode_responses=True)
-    ids = r.lrange(f"{hub.key_prefix}queue", 0, -1)
+    ids = r.lrange(hub.keys.queue, 0, -1)
     return ids[0] if ids else None
 
 

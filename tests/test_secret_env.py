@@ -34,7 +34,7 @@ SECRET_NAMES = ("BOOKLAB_T_SECRET", "Booklab_T_Password", "BOOKLAB_T_API_KEY",
 
 
 def job_log(redis_server, hub: Hub, job_id: str) -> str:
-    entries = rdb(redis_server).xrange(f"{hub.key_prefix}log:{job_id}")
+    entries = rdb(redis_server).xrange(hub.keys.log(job_id))
     return "\n".join(json.dumps(fields) for _, fields in entries)
 
 
@@ -65,7 +65,7 @@ def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
     record = json.dumps(job)
     assert json.loads(job["env"])["BOOKLAB_T_PLAIN"] == plain
     assert not set(json.loads(job["env"])) & set(sealed_env)
-    raw_blob = rdb(redis_server).get(f"{hub.key_prefix}token:{job['id']}")
+    raw_blob = rdb(redis_server).get(hub.keys.token(job['id']))
     log = job_log(redis_server, hub, job["id"])
     for value in secret_values:
         assert value not in record and value not in raw_blob and value not in log
