@@ -36,6 +36,7 @@ from tests.services import (
 PAGES_IMAGE_PREFIX = "booklab-pg/"
 # one id per test process: other sessions may run these tests on the same Docker
 PAGES_RUNNER = f"pg-runner-{os.getpid()}"
+_PAGES_RUNNERS = {PAGES_RUNNER}
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -82,9 +83,6 @@ class PagesHub(Hub):
         self.config["runners"]["image_prefix"] = PAGES_IMAGE_PREFIX
         super().write_config()
 
-    def redis(self) -> syncredis.Redis:
-        return syncredis.Redis.from_url(self.config["redis"]["url"], decode_responses=True)
-
 
 @pytest.fixture
 def pages_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
@@ -102,11 +100,13 @@ def pages_docker():
     remove_images(client, PAGES_IMAGE_PREFIX)
 
 
-def running_pages_runner(redis_server, runner_token, tmp_path, request):
-    """The pages' runner process in a fresh work dir; stopped (log printed on failure)."""
+def running_pages_runner(hub, redis_server, runner_token, tmp_path, request):
+    """The pages' runner process for ``hub`` in a fresh work dir; stopped (log printed
+    on failure)."""
     workdir = tmp_path / "runner"
     workdir.mkdir()
-    proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir)
+    proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir,
+                         key_prefix=hub.key_prefix)
     yield proc
     proc.stop()
     _dump_on_failure(request, proc)
@@ -114,7 +114,7 @@ def running_pages_runner(redis_server, runner_token, tmp_path, request):
 
 @pytest.fixture
 def pages_runner(pages_hub, redis_server, runner_token, tmp_path, pages_docker, request):
-    yield from running_pages_runner(redis_server, runner_token, tmp_path, request)
+    yield from running_pages_runner(pages_hub, redis_server, runner_token, tmp_path, request)
 
 
 # -- the browser ----------------------------------------------------------------
@@ -206,7 +206,6 @@ class SubdomainHub(PagesHub):
 
 @pytest.fixture
 def subdomain_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
-    syncredis.Redis.from_url(redis_server.url).flushdb()
     yield from running_hub(SubdomainHub(tmp_path / "hub", pages_gitlab, redis_server.url,
                                  runner_token), request)
 
@@ -214,4 +213,5 @@ def subdomain_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
 @pytest.fixture
 def subdomain_runner(subdomain_hub, redis_server, runner_token, tmp_path, pages_docker,
                      request):
-    yield from running_pages_runner(redis_server, runner_token, tmp_path, request)
+    yield from running_pages_runner(subdomain_hub, redis_server, runner_token, tmp_path,
+                                    request)

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SERVICE_TOKEN = secrets.token_hex(16)
 E2E_IMAGE_PREFIX = "booklab-e2e/"
-KEY_PREFIX = "booklab-e2e:"
+_E2E_RUNNERS: set[str] = set()  # runner ids this test process started
 
 DEMO_DOCKERFILE = f"""\
 FROM {NOTEBOOK_IMAGE}
@@ -69,7 +69,7 @@ def docker_client():
     client = require_docker()
     require_image(client)
     yield client
-    remove_runner_containers(client, lambda runner: runner.startswith("e2e-"))
+    remove_runner_containers(client, _E2E_RUNNERS)
     remove_images(client, E2E_IMAGE_PREFIX)
 
 
@@ -125,7 +125,8 @@ class Hub:
                     "hub_port": self.hub_port, "admin_users": ["admin"],
                     "data_dir": str(workdir), "db_url": f"sqlite:///{workdir}/hub.sqlite"},
             "gitlab": {"url": gitlab.url, "client_id": self.client_id, "allow_all": True},
-            "redis": {"url": redis_url, "key_prefix": KEY_PREFIX},
+            # a prefix per hub: no test sees another test's (or test run's) keys
+            "redis": {"url": redis_url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
             "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
                         "start_timeout": 600},
         }
@@ -212,6 +213,12 @@ c.JupyterHub.log_level = "DEBUG"
         r = self.redis()
         return [r.hgetall(k) for k in r.scan_iter(self.keys.job("x").removesuffix("x") + "*")]
 
+    def job_of(self, user: str, server: str) -> dict | None:
+        """The newest job of ``user``'s server ``server`` (None: it has none)."""
+        mine = [j for j in self.jobs() if j.get("user") == user
+                and j.get("server_name") == server]
+        return max(mine, key=lambda j: float(j["created"])) if mine else None
+
     def proxied(self, path: str) -> str:
         return urljoin(self.url, path)
 
@@ -221,7 +228,7 @@ class RunnerProcess(Process):
     ``extra``: more command-line options, e.g. ``--slots=4``."""
 
     def __init__(self, runner_id: str, redis_url: str, token: str, work_dir: Path,
-                 *extra: str, key_prefix: str = KEY_PREFIX):
+                 *extra: str, key_prefix: str):
         self.runner_id = runner_id
         self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -280,10 +287,12 @@ def hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
 
 
 @pytest.fixture
-def runner(redis_server, runner_token, tmp_path, docker_client, request):
+def runner(hub, redis_server, runner_token, tmp_path, docker_client, request):
     workdir = tmp_path / "runner"
     workdir.mkdir()
-    proc = RunnerProcess("e2e-runner-1", redis_server.url, runner_token, workdir)
+    proc = RunnerProcess(f"e2e-{secrets.token_hex(4)}", redis_server.url, runner_token,
+                         workdir, key_prefix=hub.key_prefix)
+    _E2E_RUNNERS.add(proc.runner_id)
     yield proc
     proc.stop()
     _dump_on_failure(request, proc)

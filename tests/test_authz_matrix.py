@@ -24,7 +24,6 @@ import requests
 from booklab_spawner.jobs import QUEUED, TERMINAL
 from booklab_spawner.names import server_name
 from tests.conftest_pages import PagesHub, seed_pages
-from tests.conftest_stack import KEY_PREFIX
 from tests.gitlab_double import GitLabDouble
 
 pytestmark = [pytest.mark.slow]
@@ -124,8 +123,7 @@ class World:
 
     def jobs(self) -> dict[str, dict]:
         out = {}
-        for key in self.redis.scan_iter(f"{KEY_PREFIX}job:*"):
-            job = self.redis.hgetall(key)
+        for job in self.hub.jobs():
             if job:
                 out[job["id"]] = job
         return out
@@ -137,7 +135,7 @@ class World:
 
     def snapshot(self) -> tuple:
         return ({i: j["state"] for i, j in self.jobs().items()},
-                self.alice_servers(), self.redis.lrange(f"{KEY_PREFIX}queue", 0, -1))
+                self.alice_servers(), self.redis.lrange(self.hub.keys.queue, 0, -1))
 
     def job_of(self, server: str) -> dict | None:
         mine = [j for j in self.jobs().values()

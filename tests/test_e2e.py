@@ -6,11 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 import requests
 from docker.errors import NotFound
-
-from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -38,15 +35,6 @@ def wait_for_stop(hub, user: str, server: str, token: str, timeout: float = 120)
     raise AssertionError(f"server {server} still there after {timeout} s")
 
 
-def job_of(redis_url: str, user: str, server: str) -> dict:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    for key in r.scan_iter(f"{KEY_PREFIX}job:*"):
-        job = r.hgetall(key)
-        if job.get("user") == user and job.get("server_name") == server:
-            return job
-    raise AssertionError(f"no job for {user}/{server}")
-
-
 def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
         hub, runner, docker_client, redis_server, demo_gitlab):
     hub.login("alice", "alice-pw")  # real OAuth flow: stores alice's GitLab token
@@ -67,7 +55,7 @@ def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
     assert {"README.md", "hello.ipynb", "Dockerfile"} <= names
 
     containers = docker_client.containers.list(
-        filters={"label": "org.booklab.runner=e2e-runner-1"})
+        filters={"label": f"org.booklab.runner={runner.runner_id}"})
     assert len(containers) == 1
     container = containers[0]
     labels = container.labels
@@ -81,7 +69,7 @@ def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
     wait_for_stop(hub, "alice", "hello", token)
     with pytest.raises(NotFound):
         docker_client.containers.get(container.id)
-    job = job_of(redis_server.url, "alice", "hello")
+    job = hub.job_of("alice", "hello")
     assert job["state"] == "stopped", job
     assert job["sha"] == demo_gitlab.demo_sha
     assert "error" not in job

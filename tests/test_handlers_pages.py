@@ -15,7 +15,6 @@ import pytest
 import requests
 
 from booklab_spawner.names import server_name
-from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.slow]
 
@@ -68,13 +67,11 @@ def launch_via_api(hub, user: str, server: str, project: str, ref: str) -> str:
 
 
 def wait_for_job(hub, user: str, server: str, timeout: float = 60) -> str:
-    r = hub.redis()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for key in r.scan_iter(f"{KEY_PREFIX}job:*"):
-            job = r.hgetall(key)
-            if job.get("user") == user and job.get("server_name") == server:
-                return job["id"]
+        job = hub.job_of(user, server)
+        if job:
+            return job["id"]
         time.sleep(0.2)
     raise AssertionError(f"no job for {user}/{server}")
 
@@ -96,10 +93,10 @@ def test_build_log_replays_resumes_keeps_alive_and_is_private(pages_hub):
     states = [e for e in events if e.get("event") == "state"]
     assert json.loads(states[0]["data"])["state"] == "queued"
     first_id = states[0]["id"]
-    assert first_id == pages_hub.redis().xrange(f"{KEY_PREFIX}log:{job_id}")[0][0]
+    assert first_id == pages_hub.redis().xrange(pages_hub.keys.log(job_id))[0][0]
 
     # a reconnect with Last-Event-ID gets only what came after
-    pages_hub.redis().xadd(f"{KEY_PREFIX}log:{job_id}",
+    pages_hub.redis().xadd(pages_hub.keys.log(job_id),
                            {"kind": "log", "phase": "fetching", "message": "line after",
                             "ts": str(time.time())})
     events = read_events(alice, url, has("log"), headers={"Last-Event-ID": first_id})
@@ -153,7 +150,7 @@ def test_launch_by_commit_sha_queues_exactly_that_commit(pages_hub, pages_gitlab
         "_xsrf": xsrf, "project": "demo/hello", "ref": "main", "sha": sha[:10]})
     assert r.status_code == 200 and "/hub/booklab/jobs/" in r.url and "follow=1" in r.url
     job_id = r.url.split("/jobs/", 1)[1].split("?", 1)[0]
-    job = pages_hub.redis().hgetall(f"{KEY_PREFIX}job:{job_id}")
+    job = pages_hub.redis().hgetall(pages_hub.keys.job(job_id))
     assert (job["user"], job["ref"], job["sha"]) == ("alice", sha[:10], sha)
     assert job["server_name"] == server_name("demo/hello", sha[:10])
 

@@ -13,7 +13,6 @@ import pytest
 
 from booklab_spawner.names import server_name
 from tests.conftest_hub import jobs_of, queue, server_model, start_server, wait_gone
-from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.slow]
 
@@ -24,8 +23,7 @@ CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
 
 
 def jobs(hub) -> list[dict]:
-    r = hub.redis()
-    return [r.hgetall(k) for k in r.scan_iter(f"{KEY_PREFIX}job:*")]
+    return hub.jobs()
 
 
 def servers(hub, user: str) -> dict:
@@ -42,7 +40,7 @@ def test_cross_site_get_of_launch_link_only_asks_and_the_post_launches(pages_hub
     assert 'id="confirm-form"' in page and 'method="post"' in page
     assert "demo/hello" in page and "lab/tree/hello.ipynb" in page
     time.sleep(2)  # a launch would have queued its job by now (no GitLab latency here)
-    assert jobs(pages_hub) == [] and pages_hub.redis().llen(f"{KEY_PREFIX}queue") == 0
+    assert jobs(pages_hub) == [] and pages_hub.redis().llen(pages_hub.keys.queue) == 0
     assert servers(pages_hub, "alice") == {}
 
     # the form posts back to the link itself; without the XSRF token: refused
@@ -68,7 +66,7 @@ def test_cross_site_get_of_launch_link_only_asks_and_the_post_launches(pages_hub
     [job] = jobs(pages_hub)
     assert (job["user"], job["project"], job["ref"], job["server_name"]) == (
         "alice", "demo/hello", "main", name)
-    assert pages_hub.redis().lrange(f"{KEY_PREFIX}queue", 0, -1) == [job["id"]]
+    assert pages_hub.redis().lrange(pages_hub.keys.queue, 0, -1) == [job["id"]]
 
     # the link again, now that the server is starting: to its log, nothing new queued
     r = alice.get(pages_hub.url + LINK, headers=CROSS_SITE, timeout=30, allow_redirects=False)

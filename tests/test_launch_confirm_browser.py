@@ -14,7 +14,6 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest_pages import browser_login
-from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def evil_site(pages_hub):
 
 
 def queued_jobs(hub) -> list[str]:
-    return list(hub.redis().scan_iter(f"{KEY_PREFIX}job:*"))
+    return [job["id"] for job in hub.jobs()]
 
 
 def test_hostile_site_cannot_launch_but_alice_can_confirm(pages_hub, evil_site, browser_page):

@@ -16,7 +16,6 @@ from tests.conftest_pages import (
     save_screenshot,
     sign_in_at_gitlab,
 )
-from tests.conftest_stack import KEY_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -25,12 +24,9 @@ LAB_TIMEOUT = 300_000  # ms: a first build of the test image on a shared machine
 
 def job_of(hub, user: str, server: str) -> str:
     """The id of the newest job of a user's server, from Redis."""
-    r = hub.redis()
-    ids = [k.rsplit(":", 1)[1] for k in r.scan_iter(f"{KEY_PREFIX}job:*")]
-    mine = [i for i in ids if r.hget(f"{KEY_PREFIX}job:{i}", "server_name") == server
-            and r.hget(f"{KEY_PREFIX}job:{i}", "user") == user]
-    assert mine, f"no job for {user}/{server}"
-    return max(mine)
+    job = hub.job_of(user, server)
+    assert job, f"no job for {user}/{server}"
+    return job["id"]
 
 
 def check_pages_then_pick_for_screenshot(page, items) -> None:
