@@ -24,9 +24,10 @@ from . import conf as confmod
 from . import deploykeys
 from . import validate as check
 from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_host
-from .crypto import SecretBox, Signer, check_runner_token
+from .crypto import Signer, check_runner_token
 from .exceptions import GitLabError, InvalidInput
 from .gitlab import GitLabClient
+from .jobrequest import JobRequest
 from .jobs import (
     ACTIVE,
     BUILDING,
@@ -41,7 +42,6 @@ from .jobs import (
     STOPPING,
     TERMINAL,
     JobStore,
-    encode_fields,
     new_job_id,
 )
 from .keys import DEFAULT_PREFIX, Keys
@@ -278,20 +278,16 @@ class BooklabSpawner(CloneCredentials, Spawner):
         signer = Signer(self.runner_token)
         await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf(), signer)
         env, secret_env = self._split_env(self.get_env())
-        fields = {
-            "user": self.user.name, "server_name": self.name,
-            "project": project["path_with_namespace"], "project_id": str(project["id"]),
-            "ref": ref, "sha": sha, "clone_url": project["http_url_to_repo"],
-            "ssh_url": project.get("ssh_url_to_repo") or "", "clone_method": clone["method"],
-            "deploy_key_id": str(key_id or ""),
-            "cmd": self.cmd, "args": self.get_args(), "env": env,
-            "mem_limit": str(self.mem_limit or ""), "cpu_limit": str(self.cpu_limit or ""),
-        }
+        request = JobRequest(
+            user=self.user.name, server_name=self.name,
+            project=project["path_with_namespace"], project_id=str(project["id"]),
+            ref=ref, sha=sha, clone_url=project["http_url_to_repo"],
+            ssh_url=project.get("ssh_url_to_repo") or "", clone_method=clone["method"],
+            deploy_key_id=str(key_id or ""), cmd=list(self.cmd), args=self.get_args(),
+            env=env, mem_limit=str(self.mem_limit or ""), cpu_limit=str(self.cpu_limit or ""))
         # signed and sealed: runners act only on what the hub wrote (docs/protocol.md)
-        record = {**encode_fields(fields), "id": job_id}
-        record["sig"] = signer.sign_job(record)
-        blob = SecretBox(self.runner_token).seal(job_id, record,
-                                                 {"env": secret_env, "clone": clone})
+        record, blob = request.sealed(job_id, self.runner_token,
+                                      {"env": secret_env, "clone": clone})
         await self.store.create(job_id, record, blob)
         self.job_id = job_id
         self._job_created().set()
@@ -354,13 +350,23 @@ class BooklabSpawner(CloneCredentials, Spawner):
                 "start": self.container_start_timeout}[phase]
 
     async def _check_runner_alive(self, job_id: str) -> None:
+        """A runner that died before ``running`` hands the job back to the queue (the
+        reap every runner does, done here at once), and the launch waits for another
+        runner within the queue timeout; a job that cannot go back fails."""
         job = await self.store.get(job_id)
         runner = job.get("runner", "")
-        if job["state"] in ACTIVE and not await is_alive(self.store.redis, self.keys, runner):
-            msg = (f"Runner {runner} stopped answering (no heartbeat) during the launch: "
-                   "try again; another runner will take it")
-            await self._abort(job_id, msg)
-            raise SpawnFailed(msg, 503)
+        if job["state"] not in ACTIVE or await is_alive(self.store.redis, self.keys, runner):
+            return
+        outcome = await self.store.reap(runner, job_id, f"Runner {runner} stopped answering "
+                                        "(no heartbeat); the job went back to the queue")
+        if outcome in ("requeued", "moved", "alive"):
+            self.log.info("Job %s of %s: runner %s is gone, job %s", job_id, self._log_name,
+                          runner, outcome)
+            return
+        msg = (f"Runner {runner} stopped answering (no heartbeat) during the launch: "
+               "try again; another runner will take it")
+        await self._abort(job_id, msg)
+        raise SpawnFailed(msg, 503)
 
     async def _time_out(self, job_id: str, phase: str) -> None:
         if phase == "queue":

@@ -151,7 +151,9 @@ def wait_gone(hub: Hub, user: str, server: str, timeout: float = 180) -> None:
 def spawn_error(hub: Hub, user: str, server: str, response: requests.Response,
                 timeout: float = 180) -> str:
     """The message a user sees for a failed launch: from the API answer if the launch
-    failed at once, else from the progress stream's 'failed' event."""
+    failed at once, else from the progress stream's 'failed' event, without the
+    "Spawn failed: " JupyterHub puts before the spawner's reason when the spawn's
+    future ended before Booklab's progress could report the failure itself."""
     if response.status_code >= 400:
         return response.json()["message"]
 
@@ -168,7 +170,7 @@ def spawn_error(hub: Hub, user: str, server: str, response: requests.Response,
                            interval=0.2)
     for event in events:
         if event.get("failed"):
-            return event["message"]
+            return event["message"].removeprefix("Spawn failed: ")
     raise AssertionError("the launch did not fail")
 
 

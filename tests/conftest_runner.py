@@ -8,6 +8,7 @@ with ``rt-``, images with ``booklab-rt/``; both are removed at the end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -20,7 +21,8 @@ import requests
 
 from booklab_spawner import conf as confmod
 from booklab_spawner.crypto import SecretBox, Signer
-from booklab_spawner.jobs import CLONE_RENEWED, JobStore, encode_fields, new_job_id
+from booklab_spawner.jobrequest import JobRequest
+from booklab_spawner.jobs import CLONE_RENEWED, JobStore, new_job_id
 from booklab_spawner.runner.network import LABEL as NETWORK_LABEL
 from booklab_spawner.runner.network import NotebookNetwork
 from tests.conftest_stack import DEMO_DOCKERFILE, RunnerProcess, notebook
@@ -101,6 +103,7 @@ class LaunchDouble:
     def __init__(self, redis, keys, token: str, gitlab: GitLabDouble, **conf):
         self.store = JobStore(redis, keys)
         self.redis, self.keys = redis, keys
+        self.token = token
         self.box = SecretBox(token)
         self.signer = Signer(token)
         self._renewers: list[asyncio.Task] = []
@@ -125,19 +128,16 @@ class LaunchDouble:
                      "password": self.gitlab.issue_token(self.user, ["read_repository"])
                      ["access_token"]}
         base = self.gitlab.url
-        record = {
-            "user": self.user, "server_name": "", "project": project,
-            "project_id": str(info.id), "ref": "main", "sha": sha,
-            "clone_url": f"{base}/{project}.git", "clone_method": clone["method"],
-            "ssh_url": f"ssh://git@127.0.0.1:{getattr(self.gitlab.store, 'ssh_port', 0)}"
-                       f"/{project}.git",
-            "cmd": SERVER_CMD, "args": [], "env": {"BOOKLAB_TEST": "1"},
-            "mem_limit": "", "cpu_limit": "", **fields,
-        }
-        record = {**encode_fields(record), "id": job_id}
-        record["sig"] = self.signer.sign_job(record)  # as the hub signs and seals
-        blob = self.box.seal(job_id, record, {"env": {"JUPYTER_TOKEN": self.jupyter_token},
-                                              "clone": clone})
+        request = JobRequest(  # the hub's own record, signature and seal (jobrequest.py)
+            user=self.user, server_name="", project=project, project_id=str(info.id),
+            ref="main", sha=sha, clone_url=f"{base}/{project}.git",
+            clone_method=clone["method"],
+            ssh_url=f"ssh://git@127.0.0.1:{getattr(self.gitlab.store, 'ssh_port', 0)}"
+                    f"/{project}.git",
+            cmd=list(SERVER_CMD), env={"BOOKLAB_TEST": "1"})
+        record, blob = dataclasses.replace(request, **fields).sealed(
+            job_id, self.token, {"env": {"JUPYTER_TOKEN": self.jupyter_token},
+                                 "clone": clone})
         await self.store.create(job_id, record, blob)
         self._renewers.append(asyncio.ensure_future(self._renew_on_requeue(job_id, clone)))
         return job_id

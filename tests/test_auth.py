@@ -64,7 +64,7 @@ def test_scopes_follow_the_clone_method(make_hub, method, scopes):
     assert r.status_code == 302
     query = parse_qs(urlparse(r.headers["Location"]).query)
     assert query["scope"] == [" ".join(scopes)]
-    assert query["code_challenge_method"] == ["S256"] or "code_challenge" not in query
+    assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
     _, page = browser_login(hub, "alice", "alice-pw")
     assert page.status_code == 200
     assert auth_state(hub, "alice")["scope"] == scopes

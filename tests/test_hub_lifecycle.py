@@ -20,6 +20,7 @@ from tests.conftest_hub import (
     wait_ready,
     wait_until,
 )
+from tests.conftest_stack import DEMO_DOCKERFILE, slow_build_step
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -38,7 +39,10 @@ def container_of(docker_client, runner) -> object:
 
 
 def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_runner,
-                                                                  redis_server):
+                                                                  redis_server, hb_gitlab):
+    # a build that stays in `building` long enough for a second page to connect to it
+    hb_gitlab.commit("demo/hello", "main",
+                     {"Dockerfile": DEMO_DOCKERFILE + slow_build_step("replay", 15)})
     hub = make_hub()
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
@@ -57,7 +61,7 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
     hb_runner(hub)
     # a second page opened while the job runs sees the log from the start too
     wait_until(lambda: [j for j in jobs_of(redis_server, hub, "alice", "hello")
-                        if j["state"] != "queued"], 300, "claim")
+                        if j["state"] == "building"], 300, "the build")
     second = read("second")
     first.join(600)
     second.join(600)
@@ -73,9 +77,10 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
     assert seen == [p for p in order if p in seen], phases
     assert {"queued", "claimed", "fetching", "starting", "running"} <= set(seen), phases
     assert events[1]["message"] == "Queued, waiting for a runner"
-    if len(streams["second"]) > 2:  # unless it connected only after the server was up
-        assert streams["second"][1]["message"] == "Queued, waiting for a runner"
-        assert streams["second"][-1]["ready"] is True
+    # the second page connected during the build: it got the log from its first line
+    assert streams["second"][1]["message"] == "Queued, waiting for a runner"
+    assert streams["second"][-1]["ready"] is True
+    assert [e["message"] for e in streams["second"]] == [e["message"] for e in events]
     # once ready, the stream only says so
     late = progress_events(hub, "alice", "hello", token=token)
     assert len(late) == 1 and late[0]["ready"] is True
@@ -167,6 +172,30 @@ def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner, r
     job = jobs_of(redis_server, hub, "alice", "hello")[0]
     assert job["state"] == "failed", job
     assert job["error"] == f"Runner {runner.runner_id} stopped answering (no heartbeat)"
+
+
+def test_a_runner_that_dies_mid_build_hands_the_launch_to_another(make_hub, hb_runner,
+                                                                 hb_gitlab, redis_server):
+    """The launch is not lost with its runner: the job goes back to the queue (the hub
+    reaps it as soon as the heartbeat is gone) and another runner finishes it."""
+    hb_gitlab.commit("demo/hello", "main",
+                     {"Dockerfile": DEMO_DOCKERFILE + slow_build_step("doomed-build", 60)})
+    hub = make_hub(extra_config=FAST_POLL)
+    doomed = hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    r = start_server(hub, "alice", "hello", hub.user_token("alice"))
+    assert r.status_code in (201, 202), r.text
+    wait_until(lambda: (j := hub.job_of("alice", "hello")) and j["state"] == "building",
+               300, "the build on the first runner")
+    doomed.stop(sig=9)  # a crash mid-build: its heartbeat expires in 30 s
+    survivor = hb_runner(hub)
+    wait_ready(hub, "alice", "hello", timeout=600)
+    job = hub.job_of("alice", "hello")
+    assert (job["state"], job["runner"]) == ("running", survivor.runner_id), job
+    entries = hub.redis().xrange(hub.keys.log(job["id"]))
+    requeued = [f["message"] for _, f in entries if f.get("state") == "queued"]
+    assert requeued[1:] == [f"Runner {doomed.runner_id} stopped answering (no heartbeat); "
+                            "the job went back to the queue"], requeued
 
 
 def test_container_start_timeout_says_which_phase_and_what_to_check(

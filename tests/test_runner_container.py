@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from docker.errors import NotFound
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-# listens on the --port the runner appends (so the job reaches "running"), then misbehaves
+# listens on the --port the runner appends (so the job reaches "running") until the
+# test says "go" on it (the runner's own probes say nothing), then misbehaves: no
+# timing window, however loaded the machine
 LISTEN_THEN = (
-    "import socket, sys, time\n"
+    "import socket, sys\n"
     "port = int([a for a in sys.argv if a.startswith('--port=')][0][7:])\n"
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     "s.bind(('0.0.0.0', port)); s.listen()\n"
-    "time.sleep(3)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    if c.recv(2) == b'go':\n"
+    "        break\n"
+    "    c.close()\n"
 )
+
+
+def say_go(job: dict[str, str]) -> None:
+    """Let a LISTEN_THEN notebook go on (job["url"] is http://host:port)."""
+    host, port = job["url"].rsplit("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"go")
 
 
 async def test_oom_killed_notebook_fails_with_memory_reason(
@@ -23,7 +38,7 @@ async def test_oom_killed_notebook_fails_with_memory_reason(
     hog = LISTEN_THEN + "print('allocating', flush=True)\nx = b'x' * (300 * 1024 * 1024)\n"
     job_id = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}),
                                    cmd=["python3", "-c", hog], mem_limit="64m")
-    job = await launcher.wait_state(job_id, ("running", "failed"))
+    say_go(await launcher.wait_state(job_id, "running"))
     job = await launcher.wait_state(job_id, ("failed", "stopped"))
     assert job["state"] == "failed"
     assert job["error"] == ("The notebook ran out of memory and was killed "
@@ -41,7 +56,7 @@ async def test_notebook_that_exits_by_itself_reports_code_and_last_lines(
     script = LISTEN_THEN + f"print('goodbye from the notebook', flush=True)\nsys.exit({code})\n"
     job_id = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}),
                                    cmd=["python3", "-c", script])
-    await launcher.wait_state(job_id, "running")
+    say_go(await launcher.wait_state(job_id, "running"))
     job = await launcher.wait_state(job_id, ("failed", "stopped"))
     assert job["state"] == state
     assert job["exit_code"] == str(code)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from booklab_spawner.runner.app import CLAIM_BLOCK
 from tests.conftest_runner import RT_DOCKERFILE
 from tests.conftest_stack import slow_build_step
 from tests.test_runner_recovery import wait_log
@@ -73,8 +74,9 @@ async def test_runner_without_a_free_slot_claims_nothing(
     first = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}))
     await launcher.wait_state(first, "running")
     second = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}))
-    # the runner's claim loop runs every couple of seconds: give it many chances
-    await asyncio.sleep(8)
+    # a runner without a free slot re-checks every CLAIM_BLOCK s: give it four chances
+    # to claim what it must not (there is no event for "nothing happened")
+    await asyncio.sleep(4 * CLAIM_BLOCK)
     assert (await launcher.store.get(second))["state"] == "queued"
     assert await redis.lrange(keys.queue, 0, -1) == [second]
     assert await launcher.store.queue_position(second) == 1
