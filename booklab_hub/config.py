@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from booklab_hub import TEMPLATE_DIR
 from booklab_spawner.crypto import MIN_TOKEN_LENGTH
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import DEFAULT_URL as DEFAULT_REDIS_URL
@@ -256,6 +257,9 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.cleanup_servers = False
     # land on the repository picker after login, not on a spawn without a project
     c.JupyterHub.default_url = "/hub/booklab/"
+    # Booklab's pages and its page.html (navigation links) come before the hub's own
+    # templates; an operator's own template_paths, prepended later, win over ours
+    c.JupyterHub.template_paths.prepend([TEMPLATE_DIR])
     c.Authenticator.admin_users = set(s["hub.admin_users"])
 
     auth = c.BooklabGitLabAuthenticator

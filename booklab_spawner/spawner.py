@@ -45,6 +45,7 @@ from .jobs import (
     new_job_id,
 )
 from .keys import DEFAULT_PREFIX, Keys
+from .launch_events import LaunchEvents
 from .redis_client import default_url, get_redis
 from .runners import alive_runners, is_alive
 
@@ -68,7 +69,7 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class BooklabSpawner(CloneCredentials, Spawner):
+class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -208,7 +209,7 @@ class BooklabSpawner(CloneCredentials, Spawner):
     def clear_state(self) -> None:
         super().clear_state()
         self.job_id = None
-        self._job_event = None
+        self._job_created().clear()  # the same event: a page waiting on it keeps waiting
 
     # -- options ------------------------------------------------------------------
     @default("options_form")
@@ -466,14 +467,3 @@ class BooklabSpawner(CloneCredentials, Spawner):
                 state = entry.state
             yield {"progress": PROGRESS.get(state, 99), "message": entry.message,
                    "phase": state}
-
-    def _job_created(self) -> asyncio.Event:
-        if getattr(self, "_job_event", None) is None:
-            self._job_event = asyncio.Event()
-            if self.job_id:
-                self._job_event.set()
-        return self._job_event
-
-    @property
-    def _log_name(self) -> str:
-        return f"{self.user.name}:{self.name}" if self.name else self.user.name

@@ -76,9 +76,14 @@ def wait_for_job(hub, user: str, server: str, timeout: float = 60) -> str:
     raise AssertionError(f"no job for {user}/{server}")
 
 
-def has(kind: str):
-    return lambda events: any(e.get("event") == kind or kind in e.get("comment", "")
-                              for e in events)
+def has(kind: str, after: str = ""):
+    """Stop when an event (or comment) ``kind`` came, after an event ``after`` if given."""
+    def seen(events: list[dict]) -> bool:
+        start = next((i for i, e in enumerate(events) if e.get("event") == after), None) \
+            if after else 0
+        return start is not None and any(
+            e.get("event") == kind or kind in e.get("comment", "") for e in events[start:])
+    return seen
 
 
 def test_build_log_replays_resumes_keeps_alive_and_is_private(pages_hub):
@@ -205,3 +210,43 @@ def test_gitlab_errors_become_messages(pages_hub, pages_gitlab):
     r = alice.get(pages_hub.url + "/hub/booklab/api/refs?project=demo/hello", timeout=60)
     assert r.status_code == 502
     assert "unreachable" in r.json()["error"]
+
+
+def test_build_page_opened_before_the_job_exists_gets_it_from_its_first_entry(pages_hub,
+                                                                             pages_gitlab):
+    """GitLab is slow: the launch request gives up waiting and sends the person to the
+    server's build page before any job is in Redis. Its stream is open at once and,
+    when GitLab answers, shows the job from its first log entry; a launch that GitLab
+    then refuses ends the stream with GitLab's reason."""
+    alice = pages_hub.login("alice", "alice-pw")
+    for ref, end in [("main", has("keepalive", after="state")), ("no-such-branch", has("end"))]:
+        release = pages_gitlab.hold()
+        try:
+            r = alice.post(pages_hub.url + "/hub/booklab/launch", timeout=120, data={
+                "_xsrf": alice.cookies.get("_xsrf"), "project": "demo/hello", "ref": ref})
+            name = server_name("demo/hello", ref)
+            assert r.status_code == 200 and r.url.endswith(f"/hub/booklab/build/alice/{name}")
+            if ref == "main":  # GitLab has not answered: the job is not in Redis yet
+                assert not pages_hub.jobs()
+
+            def release_once_open(events, end=end, release=release):
+                if any(e.get("comment") for e in events):
+                    release()  # the stream is open and waiting: now GitLab answers
+                return end(events)
+
+            events = read_events(alice, pages_hub.url + f"/hub/booklab/api/build/alice/{name}"
+                                 "/events", release_once_open)
+        finally:
+            release()
+        kinds = [e.get("event") for e in events if e.get("event")]
+        if ref == "main":
+            assert "job" in kinds, events
+            job_id = json.loads(next(e for e in events if e.get("event") == "job")["data"])["job"]
+            first = pages_hub.redis().xrange(pages_hub.keys.log(job_id))[0][0]
+            states = [e for e in events if e.get("event") == "state"]
+            assert kinds.index("job") < kinds.index("state") and states[0]["id"] == first
+            assert json.loads(states[0]["data"])["state"] == "queued"
+        else:
+            failed = [json.loads(e["data"]) for e in events if e.get("event") == "failed"]
+            assert kinds[-2:] == ["failed", "end"], events
+            assert "Branch, tag or commit 'no-such-branch' not found" in failed[0]["message"]

@@ -1,16 +1,15 @@
 """Booklab's pages inside the hub (picker, launch links, build log, admin).
 
 ``handlers_for(app)`` returns the Tornado handlers the authenticator mounts
-through ``Authenticator.get_handlers`` (JupyterHub adds its ``/hub`` prefix),
-and makes our templates available to the hub's Jinja environment, so that
-they extend the hub's own ``page.html``.
+through ``Authenticator.get_handlers`` (JupyterHub adds its ``/hub`` prefix).
+Their templates (``booklab/<name>.html``) and Booklab's ``page.html`` (the
+hub's own plus Booklab's navigation links) are found through
+``c.JupyterHub.template_paths``, which ``booklab_hub.config.apply`` sets to
+:data:`booklab_hub.TEMPLATE_DIR`.
 """
 
 from __future__ import annotations
 
-import os
-
-from jinja2 import FileSystemLoader, FunctionLoader, PrefixLoader
 from tornado import web
 
 from .admin import AdminHandler, CancelJobHandler
@@ -20,14 +19,12 @@ from .gitproxy import GitProxyHandler, runner_token_of
 from .launch import LaunchFormHandler, LaunchLinkHandler
 from .picker import BadgeHandler, PickerHandler, ProjectsAPIHandler, RefsAPIHandler, StopHandler
 
-TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 _JOB = r"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
 _SERVER = r"([a-z][a-z0-9-]{0,29})"
 
 
 def handlers_for(app) -> list[tuple]:
     """Handlers to mount under the hub's base URL."""
-    install_templates(app)
     kw = {"booklab": PageSettings.from_app(app)}
     p = PREFIX
     return [
@@ -48,32 +45,3 @@ def handlers_for(app) -> list[tuple]:
         (rf"{p}/git/{_JOB}/(info/refs|git-upload-pack|git-receive-pack)", GitProxyHandler,
          {**kw, "runner_token": runner_token_of(app)}),
     ]
-
-
-def _hub_page(name: str):
-    """Our ``page.html``: the hub's own, plus Booklab's links in the navigation bar."""
-    if name != "page.html":
-        return None
-    path = os.path.join(TEMPLATE_DIR, "hub_page.html")
-    with open(path) as f:
-        return f.read(), path, lambda: True
-
-
-def install_templates(app) -> None:
-    """Add ``booklab/<name>`` templates (and the nav links) to the hub's Jinja loader.
-
-    The nav override is skipped when the operator has their own ``page.html``
-    in ``c.JupyterHub.template_paths``; theirs wins, our pages still work.
-    """
-    settings = getattr(app, "tornado_settings", None) or {}
-    env = settings.get("jinja2_env")
-    if env is None or getattr(env, "_booklab_installed", False):
-        return
-    loader = env.loader  # a ChoiceLoader, shared by the hub's sync environment
-    ours = PrefixLoader({"booklab": FileSystemLoader(TEMPLATE_DIR)})
-    operator_page = any(os.path.exists(os.path.join(path, "page.html"))
-                        for path in app.template_paths[:-1])
-    loader.loaders.append(ours)
-    if not operator_page:
-        loader.loaders.insert(1, FunctionLoader(_hub_page))
-    env._booklab_installed = True

@@ -6,7 +6,6 @@ XSRF, the ``page.html`` layout and ``self.current_user`` are the hub's.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from booklab_spawner.spawner import BooklabSpawner
 
 PREFIX = "/booklab"  # under the hub's prefix: /hub/booklab/...
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
+INTERRUPT_TIMEOUT = 10  # s a stop waits for an interrupted launch to unwind
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,7 @@ class BooklabHandler(BaseHandler):
         if spawner.pending == "spawn":
             # as JupyterHub's API does: interrupt the start, then stop, so that
             # the spawner cancels the job in Redis wherever it got to
-            future = spawner._spawn_future
-            if future is not None and not future.done():
-                future.cancel()
-            for _ in range(100):
-                if not spawner.pending:
-                    break
-                await asyncio.sleep(0.1)
+            await spawner.interrupt_launch(timeout=INTERRUPT_TIMEOUT)
         await self.stop_single_user(user, spawner.name)
 
     async def job_for_viewer(self, job_id: str) -> dict[str, str]:

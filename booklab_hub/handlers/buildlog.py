@@ -21,7 +21,7 @@ import asyncio
 import json
 import re
 
-from jupyterhub.utils import url_escape_path, url_path_join
+from jupyterhub.utils import url_escape_path
 from tornado import web
 from tornado.iostream import StreamClosedError
 
@@ -29,7 +29,7 @@ from booklab_spawner.exceptions import InvalidInput
 from booklab_spawner.jobs import FAILED, RUNNING, STOPPED, TERMINAL
 
 from .base import BooklabHandler
-from .launch import launch_error_message, target_path
+from .launch import target_path
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 RESOLVE_TIMEOUT = 120  # s a server-keyed stream waits for the launch to create its job
@@ -147,13 +147,11 @@ class EventStream(BuildViewer):
         spawner = user.spawners.get(job.get("server_name", "")) if user else None
         if job.get("state") != RUNNING or spawner is None or spawner.job_id != job_id:
             return None
-        future = spawner._spawn_future
-        while future is not None and not future.done():
-            await asyncio.wait([future], timeout=self.keepalive_ms / 1000)
+        # JupyterHub still has to route the server and see it answer: keep the stream
+        # alive meanwhile
+        while not await spawner.wait_launch_settled(self.keepalive_ms / 1000):
             await self.keepalive()
-        if not spawner.ready:
-            return None
-        return url_path_join(user.url, url_escape_path(spawner.name), "/")
+        return user.server_url(spawner.name) if spawner.ready else None
 
     _open: dict[str, int] = {}  # person -> streams open in this hub process
 
@@ -203,29 +201,15 @@ class BuildEventsHandler(EventStream):
         await self.run(self._follow(spawner, after))
 
     async def _follow(self, spawner, after: str) -> None:
-        job_id = await self._job_of(spawner)
+        # while the launch checks with GitLab there is no job yet: open the stream now
+        # (the browser sees it connected), then wait for the job's event
+        await self.keepalive()
+        job_id = await spawner.wait_for_job(RESOLVE_TIMEOUT)
         if job_id is None:
-            await self.send("failed", {"message": self._why_not_started(spawner)})
+            message = spawner.launch_error or (
+                "This server is not starting; launch it again from the Booklab page")
+            await self.send("failed", {"message": message})
             return await self.send("end", {})
         await self.send("job", {"job": job_id,
                                 "page": self.booklab_url("jobs", job_id)})
         await self.stream_job(job_id, after)
-
-    async def _job_of(self, spawner) -> str | None:
-        """Wait while the launch checks with GitLab, until the spawner has queued a job."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RESOLVE_TIMEOUT
-        while loop.time() < deadline:
-            if spawner.job_id:
-                return spawner.job_id
-            if not spawner._spawn_pending:
-                return None
-            await asyncio.sleep(0.2)
-        return None
-
-    def _why_not_started(self, spawner) -> str:
-        future = spawner._spawn_future
-        if future is not None and future.done() and not future.cancelled() \
-                and future.exception() is not None:
-            return launch_error_message(future.exception())
-        return "This server is not starting; launch it again from the Booklab page"

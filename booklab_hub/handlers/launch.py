@@ -26,6 +26,7 @@ from tornado import web
 
 from booklab_spawner import validate as check
 from booklab_spawner.exceptions import InvalidInput
+from booklab_spawner.launch_events import launch_error_message
 from booklab_spawner.names import server_name
 
 from .base import BooklabHandler
@@ -50,18 +51,6 @@ def target_path(urlpath: str = "", labpath: str = "", filepath: str = "") -> str
     else:
         return ""
     return check.server_path(path)  # also encoded '..', '//host', 'javascript:'
-
-
-def launch_error_message(exc: BaseException) -> str:
-    """A sentence for the person; details stay in the hub's log."""
-    message = getattr(exc, "jupyterhub_message", None)
-    if message:
-        return message
-    if isinstance(exc, web.HTTPError) and exc.status_code == 403:
-        return "Your login has expired: log out and log in again"
-    if isinstance(exc, web.HTTPError) and exc.log_message:
-        return exc.log_message % exc.args if exc.args else exc.log_message
-    return "The launch failed; ask your Booklab administrator to look at the hub's log"
 
 
 class LaunchMixin(BooklabHandler):
@@ -141,11 +130,8 @@ class LaunchMixin(BooklabHandler):
         """Start the spawn; wait briefly for its job id, or for an early failure."""
         spawn = asyncio.ensure_future(
             self.spawn_single_user(user, spawner.name, options=options))
-        deadline = asyncio.get_running_loop().time() + EARLY_FAILURE_WAIT
-        while not spawn.done() and not spawner.job_id \
-                and asyncio.get_running_loop().time() < deadline:
-            await asyncio.wait({spawn}, timeout=0.1)
-        job_id = spawner.job_id
+        spawner.launch_requested(spawn)  # the build page waits on it from now on
+        job_id = await spawner.wait_for_job(EARLY_FAILURE_WAIT)
         if spawn.done() and not spawn.cancelled() and spawn.exception() is not None \
                 and not job_id:
             exc = spawn.exception()

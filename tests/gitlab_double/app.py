@@ -58,6 +58,14 @@ class ServerThread:
         finally:
             self._loop.close()
 
+    def hold(self) -> Callable[[], None]:
+        """Answer nothing (a GitLab slow to answer) until the returned function is
+        called: the server's loop waits on a gate; connections queue meanwhile."""
+        assert self._loop is not None
+        gate = threading.Event()
+        self._loop.call_soon_threadsafe(gate.wait, 300)
+        return gate.set
+
     def stop(self) -> None:
         if self._loop is None or not self._thread.is_alive():
             return

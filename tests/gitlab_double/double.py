@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,13 @@ class GitLabDouble:
         if not self.store.base_url:
             raise RuntimeError("GitLabDouble.start() was not called")
         return self.store.base_url
+
+    def hold(self) -> Callable[[], None]:
+        """Hold every request, as a slow GitLab would, until the returned function is
+        called (at most 300 s)."""
+        if self._server is None:
+            raise RuntimeError("GitLabDouble.start() was not called")
+        return self._server.hold()
 
     def stop(self) -> None:
         self.stop_ssh()
