@@ -67,8 +67,10 @@ def sweep_work_dir(work_dir: str) -> int:
 
 
 # ssh://[user@]host[:port]/path or the scp-like user@host:path GitLab shows
-_SSH_URL = re.compile(r"^(?:ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/"
-                      r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)[A-Za-z0-9._/-]+$")
+# user, host and path never start with "-": ssh (or git-upload-pack) would read an option
+_USER, _HOST = r"[A-Za-z0-9_][A-Za-z0-9._-]*", r"[A-Za-z0-9][A-Za-z0-9.-]*"
+_SSH_URL = re.compile(rf"^(?:ssh://(?:{_USER}@)?{_HOST}(?::\d{{1,5}})?/"
+                      rf"|{_USER}@{_HOST}:)[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 
 
 def check_ssh_url(ssh_url: str) -> str:
