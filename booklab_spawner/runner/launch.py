@@ -184,7 +184,7 @@ class Launcher:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while time.monotonic() < deadline:
-            if await self._run(_can_connect, *target):
+            if await asyncio.to_thread(_can_connect, *target):  # not Docker: not its pool
                 return
             status = await self.status(container_id)
             if status not in ("created", "running"):
