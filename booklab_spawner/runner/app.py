@@ -102,6 +102,7 @@ class Runner:
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
         await self._isolate()
+        await self.launcher.exits.start()  # before reconcile: adopted containers are watched
         await reconcile(self)
         await self._evict()
         tasks = [
@@ -122,6 +123,7 @@ class Runner:
             log.warning("could not hand back jobs or deregister (%s); "
                         "the heartbeat will expire in %d s", why, runners.HEARTBEAT_TTL)
         tasks[0].cancel()
+        await self.launcher.close()
         await self.redis.aclose()
         log.info("runner %s stopped", self.runner_id)
 

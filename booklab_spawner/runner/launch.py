@@ -12,6 +12,10 @@ setuid binary in the image gives no privilege), under a pids limit and a
 memory and CPU limit (the job's, else the runner's defaults: see
 :class:`ContainerPolicy`). In ``bridge`` mode it joins the runner's notebook
 network (see :mod:`.network`).
+
+Docker calls run in the launcher's own thread pool (``DOCKER_THREADS``), each
+short; no call waits for a notebook's life: exits come from one Docker event
+stream for all containers (:mod:`.exits`), so slots cost no thread.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import socket
 import tarfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +37,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 import docker
 
 from ..exceptions import LaunchFailed
+from .exits import ExitWatcher
 from .network import NotebookNetwork
 
 T = TypeVar("T")
@@ -41,6 +47,9 @@ LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
 LABEL_RUNNER = LABEL_PREFIX + "runner"
 LAST_LINES = 20  # lines of a container's output kept when it exits
+# threads for docker-py calls, whatever the slots: every call is short (the longest is a
+# stop's grace period); the Docker client keeps one more connection, for the event stream
+DOCKER_THREADS = 8
 
 
 # what no notebook container may do, whatever its image or job says
@@ -81,7 +90,10 @@ class Launcher:
                  network: NotebookNetwork | None = None):
         self.runner_id = runner_id
         self.advertise_host = advertise_host
-        self.client = client or docker.from_env(version="auto")
+        self.client = client or docker.from_env(version="auto",
+                                                max_pool_size=DOCKER_THREADS + 1)
+        self._pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="booklab-docker")
+        self.exits = ExitWatcher(self.client, f"{LABEL_RUNNER}={runner_id}", self.status)
         self.policy = policy or ContainerPolicy()
         # bridge mode: the runner's isolated network (None: Docker's default bridge)
         self.network = network
@@ -89,7 +101,13 @@ class Launcher:
             network.client = self.client
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        """Stop watching exits and end the Docker threads (runner shutdown)."""
+        await self.exits.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def image_exists(self, image: str) -> bool:
         try:
@@ -136,8 +154,7 @@ class Launcher:
 
     async def _put_content(self, container: Any, content: str) -> None:
         target = repo_dir(container.attrs.get("Config") or {})
-        with open(content, "rb") as f:
-            data = f.read()
+        data = await asyncio.to_thread(_read_bytes, content)
         try:
             await self._run(container.put_archive, target, data)
         except NotFound:
@@ -167,7 +184,7 @@ class Launcher:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while time.monotonic() < deadline:
-            if await self._run(_can_connect, *target):
+            if await asyncio.to_thread(_can_connect, *target):  # not Docker: not its pool
                 return
             status = await self.status(container_id)
             if status not in ("created", "running"):
@@ -194,13 +211,14 @@ class Launcher:
                 return (ip, int(spec.split("/")[0])) if ip else None
         return None
 
-    async def exit_info(self, container_id: str) -> Exit:
-        """Exit code, OOM flag and last lines of a container that has stopped."""
+    async def exit_info(self, container_id: str, code: int | None = None) -> Exit:
+        """Exit code, OOM flag and last lines of a container that has stopped;
+        ``code`` (the exit code a die event told) is what is known once it is gone."""
         try:
             container = await self._run(self.client.containers.get, container_id)
             logs = await self._run(container.logs, tail=LAST_LINES)
         except (NotFound, APIError):
-            return Exit(code=-1, oom_killed=False, last_lines=[])
+            return Exit(code=-1 if code is None else code, oom_killed=False, last_lines=[])
         state = container.attrs.get("State", {})
         return Exit(code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")),
                     last_lines=logs.decode(errors="replace").splitlines())
@@ -213,23 +231,11 @@ class Launcher:
         return container.status
 
     async def wait_exit(self, container_id: str) -> Exit:
-        """Block (in a thread) until the container exits; then its code, OOM flag, last lines."""
-        try:
-            container = await self._run(self.client.containers.get, container_id)
-            result = await self._run(container.wait)
-        except NotFound:
-            return Exit(code=-1, oom_killed=False, last_lines=[])
-        code = int(result.get("StatusCode", -1))
-        try:  # the container may be removed meanwhile by a stop request
-            await self._run(container.reload)
-            logs = await self._run(container.logs, tail=LAST_LINES)
-        except (NotFound, APIError):
-            return Exit(code=code, oom_killed=False, last_lines=[])
-        return Exit(
-            code=code,
-            oom_killed=bool(container.attrs.get("State", {}).get("OOMKilled")),
-            last_lines=logs.decode(errors="replace").splitlines(),
-        )
+        """Until the container exits (no thread waits: see :mod:`.exits`); then its
+        code, OOM flag and last lines, as far as they are known once a stop request
+        removed it meanwhile."""
+        code = await self.exits.wait(container_id)
+        return await self.exit_info(container_id, code)
 
     async def remove(self, container_id: str, grace: int = 10) -> None:
         """Stop and remove; a container that is already gone is fine."""
@@ -353,6 +359,11 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _can_connect(host: str, port: int) -> bool:

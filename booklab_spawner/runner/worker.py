@@ -140,7 +140,7 @@ class JobWorker:
             await self.step(J.STARTING, f"Starting the notebook from {self.image}")
             await self._start(job, secrets, conf, content)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
         await self.runner.launcher.wait_listening(self.container_id, self._url,
                                                   conf.container_start_timeout)
         await self.step(J.RUNNING, f"Notebook server is listening at {self._url}",
