@@ -9,14 +9,14 @@ a starting notebook after a hard-coded 60 s whatever the hub said.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from booklab_spawner import runners
 from booklab_spawner.runner.app import Runner, RunnerApp
-from booklab_spawner.runner.recovery import reap_dead, reap_loop
+from booklab_spawner.runner.recovery import RecoveryContext, reap_dead, reap_loop
 
 # listens on the --port the runner appends only after DELAY seconds
 LISTEN_LATE = (
@@ -58,13 +58,18 @@ def test_runner_timing_options_reach_the_runner():
     configured.runner_token = "t" * 40
     runner = Runner(configured)
     assert (runner.reap_interval, runner.orphan_grace, runner.shutdown_timeout) == (7, 42, 9)
+    # and reach the part that applies them
+    assert (runner.recovery.reap_interval, runner.recovery.orphan_grace) == (7, 42)
 
 
 # -- reaping, against a real Redis ------------------------------------------------------
-def reaper(redis, keys, store, **timings) -> SimpleNamespace:
-    """What recovery.py reads of a live runner (its id, Redis, timings)."""
-    return SimpleNamespace(runner_id="alive", redis=redis, keys=keys, store=store,
-                           stopping=asyncio.Event(), **timings)
+def reaper(redis, keys, store, **timings) -> RecoveryContext:
+    """What recovery.py gets of a live runner: the same context the runner builds."""
+    return RecoveryContext(
+        runner_id="alive", store=store,
+        dead_runners=functools.partial(runners.dead_runners, redis, keys),
+        forget=functools.partial(runners.forget, redis, keys),
+        stopping=asyncio.Event(), **timings)
 
 
 async def dead_runner_with_job(redis, keys, store, name: str, state: str,

@@ -10,6 +10,7 @@ See docs/runner.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -31,12 +32,13 @@ from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
 from ..traits import ByteSize
 from . import cache, fetch
+from .buildlock import BuildLock
 from .heartbeat import heartbeat_loop
 from .images import ImageCache
 from .launch import ContainerPolicy, Launcher
 from .network import NotebookNetwork, check_name, parse_allow, parse_deny, redis_rules
-from .recovery import reap_loop, reconcile
-from .worker import JobWorker
+from .recovery import RecoveryContext, reap_loop, reconcile
+from .worker import JobWorker, WorkerContext
 
 log = logging.getLogger("booklab.runner")
 
@@ -69,6 +71,20 @@ class Runner:
         self.workers: dict[str, tuple[JobWorker, asyncio.Task]] = {}
         self.slot_free = asyncio.Event()
         self.stopping = asyncio.Event()
+        # what the parts get of the runner: narrow, explicit contexts
+        self.worker_context = WorkerContext(
+            runner_id=self.runner_id, store=self.store, box=self.box, signer=self.signer,
+            launcher=self.launcher, images=self.images, name_key=self.name_key,
+            known_hosts=self.known_hosts, work_dir=self.work_dir, conf=self.conf,
+            image_launched=self.image_launched,
+            build_lock=lambda key, job: BuildLock(self.redis, self.keys, key,
+                                                  self.runner_id, job))
+        self.recovery = RecoveryContext(
+            runner_id=self.runner_id, store=self.store,
+            dead_runners=functools.partial(runners.dead_runners, self.redis, self.keys),
+            forget=functools.partial(runners.forget, self.redis, self.keys),
+            launcher=self.launcher, adopt=self.adopt, reap_interval=self.reap_interval,
+            orphan_grace=self.orphan_grace, stopping=self.stopping)
 
     def info(self) -> dict[str, str]:
         return {
@@ -103,14 +119,14 @@ class Runner:
                  self.runner_id, self.slots, self.advertise_host)
         await self._isolate()
         await self.launcher.exits.start()  # before reconcile: adopted containers are watched
-        await reconcile(self)
+        await reconcile(self.recovery)
         await self._evict()
         tasks = [
             asyncio.create_task(heartbeat_loop(self.redis, self.keys, self.runner_id,
                                                self.info, self.stopping)),
             asyncio.create_task(self.claim_loop()),
             asyncio.create_task(self.command_loop()),
-            asyncio.create_task(reap_loop(self)),
+            asyncio.create_task(reap_loop(self.recovery)),
         ]
         await self.stopping.wait()
         await asyncio.gather(*tasks[1:])
@@ -159,14 +175,14 @@ class Runner:
         if self.stopping.is_set():
             await self.store.requeue(self.runner_id, job_id, "Runner is shutting down; requeued")
             return False
-        worker = JobWorker(self, job_id)
+        worker = JobWorker(self.worker_context, job_id)
         self._track(worker, worker.run())
         log.info("claimed job %s", job_id)
         return True
 
     def adopt(self, job_id: str, container_id: str, image: str) -> None:
         """Watch a container left by this runner's previous run (see recovery)."""
-        worker = JobWorker(self, job_id)
+        worker = JobWorker(self.worker_context, job_id)
         self._track(worker, worker.adopt(container_id, image))
 
     def _track(self, worker: JobWorker, body) -> None:

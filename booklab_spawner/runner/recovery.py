@@ -23,23 +23,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .. import jobs as J
-from .. import runners
-from .launch import exit_message
-
-if TYPE_CHECKING:
-    from .app import Runner
+from .launch import Launcher, exit_message
 
 log = logging.getLogger(__name__)
 
-async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
+
+@dataclass(frozen=True)
+class RecoveryContext:
+    """What reaping and reconciling need of their runner, and nothing more."""
+
+    runner_id: str
+    store: J.JobStore
+    dead_runners: Callable[[], Awaitable[dict[str, float]]]  # id -> last beat
+    forget: Callable[[str], Awaitable[None]]  # remove a dead runner's traces
+    launcher: Launcher | None = None  # reconcile only
+    adopt: Callable[[str, str, str], None] | None = None  # (job, container, image)
+    reap_interval: float = 5.0
+    orphan_grace: float = 300.0
+    stopping: asyncio.Event | None = None
+
+async def reap_dead(runner: RecoveryContext) -> list[tuple[str, str, str]]:
     """One scan; returns (dead runner, job, outcome) for each job looked at."""
-    redis, keys, store = runner.redis, runner.keys, runner.store
-    grace = runner.orphan_grace
+    store, grace = runner.store, runner.orphan_grace
     outcomes = []
-    for dead, last_beat in (await runners.dead_runners(redis, keys)).items():
+    for dead, last_beat in (await runner.dead_runners()).items():
         if dead == runner.runner_id:
             continue
         gone_long = time.time() - last_beat > grace
@@ -55,11 +66,11 @@ async def reap_dead(runner: Runner) -> list[tuple[str, str, str]]:
             outcomes.append((dead, job_id, outcome))
         if gone_long and not await store.claimed_by(dead):
             log.info("forgetting runner %s (gone since %.0f)", dead, last_beat)
-            await runners.forget(redis, keys, dead)
+            await runner.forget(dead)
     return outcomes
 
 
-async def reap_loop(runner: Runner) -> None:
+async def reap_loop(runner: RecoveryContext) -> None:
     while not runner.stopping.is_set():
         try:
             await reap_dead(runner)
@@ -71,7 +82,7 @@ async def reap_loop(runner: Runner) -> None:
             pass
 
 
-async def reconcile(runner: Runner) -> set[str]:
+async def reconcile(runner: RecoveryContext) -> set[str]:
     """Adopt or remove this runner's containers; settle its claimed jobs. Returns adopted."""
     adopted: set[str] = set()
     for container_id, job_id, status in await runner.launcher.containers_of(runner.runner_id):
@@ -94,14 +105,14 @@ async def reconcile(runner: Runner) -> set[str]:
     return adopted
 
 
-async def _job(runner: Runner, job_id: str) -> dict[str, str]:
+async def _job(runner: RecoveryContext, job_id: str) -> dict[str, str]:
     try:
         return await runner.store.find(job_id) if job_id else {}
     except ValueError:  # a label that is no job id (keys.check_id)
         return {}
 
 
-async def _settle(runner: Runner, job_id: str) -> None:
+async def _settle(runner: RecoveryContext, job_id: str) -> None:
     """A claimed job with no container after a restart."""
     me, store = runner.runner_id, runner.store
     state = await store.state(job_id)

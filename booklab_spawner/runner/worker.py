@@ -8,19 +8,19 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .. import jobs as J
 from ..conf import RunnerConf
+from ..crypto import SecretBox, Signer
 from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
 from ..scrub import Scrubber
 from . import build, cache, fetch, gitsafe, tree
 from .buildlock import BuildLock
-from .launch import ContainerExited, exit_message, pack
-
-if TYPE_CHECKING:
-    from .app import Runner
+from .images import ImageCache
+from .launch import ContainerExited, Launcher, exit_message, pack
 
 log = logging.getLogger(__name__)
 RENEW_WAIT = 60  # seconds a runner waits for the hub to renew a used clone credential
@@ -30,8 +30,27 @@ class Aborted(Exception):
     """The job was stopped or taken away while this runner worked on it."""
 
 
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a job's worker needs of its runner, and nothing more (the runner builds
+    one and hands it to every worker)."""
+
+    runner_id: str
+    store: J.JobStore
+    box: SecretBox  # opens and reseals the job's secrets
+    signer: Signer  # checks the job record, signs the notebook URL
+    launcher: Launcher
+    images: ImageCache
+    name_key: bytes  # image names no build can guess (cache.name_key)
+    known_hosts: str  # the runner's own known_hosts, if the hub publishes none
+    work_dir: str
+    conf: Callable[[], Awaitable[RunnerConf]]  # the hub's signed conf, runner's overrides
+    image_launched: Callable[[str, str], Awaitable[None]]  # (image, prefix): record, evict
+    build_lock: Callable[[str, str], BuildLock]  # (image key, job id) -> the build lock
+
+
 class JobWorker:
-    def __init__(self, runner: Runner, job_id: str):
+    def __init__(self, runner: WorkerContext, job_id: str):
         self.runner = runner
         self.job_id = job_id
         self.store = runner.store
@@ -204,8 +223,7 @@ class JobWorker:
         image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash,
                                  self.runner.name_key)
         await self.step(J.BUILDING, f"Image {image}, from {env.describe()}")
-        lock = BuildLock(self.runner.redis, self.runner.keys, cache.image_key(image),
-                         self.runner.runner_id, self.job_id)
+        lock = self.runner.build_lock(cache.image_key(image), self.job_id)
         launcher = self.runner.launcher
         while True:
             if await launcher.image_exists(image):
