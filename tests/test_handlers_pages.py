@@ -208,3 +208,18 @@ def test_gitlab_errors_become_messages(pages_hub, pages_gitlab):
     r = alice.get(pages_hub.url + "/hub/booklab/api/refs?project=demo/hello", timeout=60)
     assert r.status_code == 502
     assert "unreachable" in r.json()["error"]
+
+
+def test_refs_list_every_branch_beyond_gitlabs_first_page(pages_hub, pages_gitlab):
+    """GitLab answers at most 100 branches per page: the picker follows the pages
+    (before python-gitlab it showed the first 100 and "only the first 100...")."""
+    topics = {f"topic-{i:03d}" for i in range(110)}
+    for name in sorted(topics):
+        pages_gitlab.commit("demo/hello", name, {"topic.txt": name})
+    alice = pages_hub.login("alice", "alice-pw")
+
+    r = alice.get(pages_hub.url + "/hub/booklab/api/refs?project=demo/hello", timeout=60)
+
+    assert r.status_code == 200, r.text
+    assert set(r.json()["branches"]) == topics | {"main", "dev"}
+    assert r.json()["truncated"] is False and r.json()["tags"] == ["v1.0"]
