@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gitlab
-import requests
 
 from .exceptions import GitLabError
 
@@ -60,8 +59,10 @@ class GitLabClient:
         return f"<GitLabClient {self.base_url}>"
 
     def _gitlab(self) -> gitlab.Gitlab:
+        # keep_base_url: a next-page link naming another host (GitLab behind a
+        # proxy) is followed on gitlab.url; the token goes nowhere else
         return gitlab.Gitlab(self.base_url, oauth_token=self._token, timeout=self.timeout,
-                             retry_transient_errors=True)
+                             retry_transient_errors=True, keep_base_url=True)
 
     @contextlib.contextmanager
     def _session(self, not_found: str | None = None) -> Iterator[gitlab.Gitlab]:
@@ -69,7 +70,7 @@ class GitLabClient:
         try:
             with self._gitlab() as gl:
                 yield gl
-        except (gitlab.GitlabError, requests.RequestException) as e:
+        except (gitlab.GitlabError, OSError) as e:  # requests' errors are OSErrors
             raise _mapped(e, self.base_url, not_found) from None
 
     # -- the launch's permission check (booklab_spawner.spawner) -----------------
@@ -171,7 +172,7 @@ def _mapped(e: Exception, base_url: str, not_found: str | None) -> GitLabError:
     """GitLab's error as Booklab shows it. ``not_found`` turns a 404 into that
     sentence and 401/403 into what to do; without it the status and GitLab's
     own message stay (callers decide, e.g. a deleted key's 404 is success)."""
-    if isinstance(e, requests.RequestException):  # refused, timed out, TLS
+    if not isinstance(e, gitlab.GitlabError):  # refused, timed out, TLS
         log.warning("GitLab at %s unreachable: %s", base_url, e)
         return GitLabError(f"GitLab at {base_url} is unreachable", 0)
     status = getattr(e, "response_code", None) or 0

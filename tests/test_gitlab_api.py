@@ -46,6 +46,19 @@ async def test_every_branch_is_listed_beyond_gitlabs_first_page(demo):
     assert len(branch_listings(demo)) == 2  # GitLab's pages, followed
 
 
+async def test_next_page_links_naming_another_host_are_read_from_gitlab_url(demo):
+    """GitLab behind a proxy that rewrites Host names that host in its Link header
+    (python-gitlab's keep_base_url): the pages still come from gitlab.url, and
+    the token goes to no other host."""
+    for i in range(N_BRANCHES):
+        demo.commit("demo/hello", f"topic-{i:03d}", {"topic.txt": str(i)})
+    with socket.socket() as elsewhere:  # bound, never listening
+        elsewhere.bind(("127.0.0.1", 0))
+        demo.store.link_host = f"127.0.0.1:{elsewhere.getsockname()[1]}"
+        branches, _ = await client_of(demo, "dev").refs(demo.project_id, "branches")
+    assert len(branches) == N_BRANCHES + 1 and len(branch_listings(demo)) == 2
+
+
 async def test_refs_beyond_the_limit_say_so(demo, monkeypatch):
     for i in range(5):
         demo.commit("demo/hello", f"b{i}", {"b.txt": str(i)})
