@@ -1,7 +1,9 @@
 """The repository picker (the landing page), its JSON endpoints, stop, and the badge.
 
-Project lists and refs are read from GitLab with the person's own token, one
-page at a time; the browser asks for them as the person types (debounced).
+Project lists and refs are read from GitLab with the person's own token
+(``booklab_spawner.gitlab_api``): projects one page at a time, as the browser
+asks for them while the person types (debounced); a project's branches and
+tags all at once, up to ``MAX_REFS`` of each.
 """
 
 from __future__ import annotations
