@@ -4,6 +4,7 @@ before anything is sent, and the user's token in no log line and no URL."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -108,6 +109,24 @@ async def test_unreachable_gitlab_is_named_and_status_0():
         url = f"http://127.0.0.1:{bound.getsockname()[1]}"
         with pytest.raises(GitLabError) as e:
             await GitLabClient(url, "x" * 20).project("demo/hello")
+    assert (e.value.status, str(e.value)) == (0, f"GitLab at {url} is unreachable")
+
+
+async def test_a_silent_gitlab_never_blocks_the_event_loop():
+    """python-gitlab blocks its thread; the hub's loop keeps serving meanwhile,
+    and the read timeout ends as 'unreachable'."""
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        call = asyncio.ensure_future(GitLabClient(url, "x" * 20, timeout=0.5).project("a/b"))
+        loop_ran = asyncio.Event()
+        asyncio.get_running_loop().call_soon(loop_ran.set)  # runs after the call started
+        await asyncio.wait([call, asyncio.ensure_future(loop_ran.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        assert loop_ran.is_set() and not call.done()
+        with pytest.raises(GitLabError) as e:
+            await call
     assert (e.value.status, str(e.value)) == (0, f"GitLab at {url} is unreachable")
 
 
