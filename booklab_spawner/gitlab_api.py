@@ -46,10 +46,9 @@ class GitLabClient:
     """GitLab, as one user sees it. Cheap to make: one per token and task."""
 
     def __init__(self, base_url: str, token: str, timeout: float = TIMEOUT):
-        parts = urlsplit(base_url or "")
         # python-gitlab would take an empty URL for https://gitlab.com: never
         # send a user's token anywhere but the configured GitLab
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not _is_http_url(base_url):
             raise GitLabError("The hub has no valid GitLab URL (gitlab.url): tell its operator")
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -153,6 +152,14 @@ class GitLabClient:
         with self._session() as gl:
             keys = gl.projects.get(pid, lazy=True).keys
             return _first(keys.list(iterator=True, per_page=PAGE, **_READ), MAX_KEYS)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url or "")
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. a broken IPv6 literal
+        return False
 
 
 def _pid(value: int | str, what: str = "project") -> int:

@@ -142,7 +142,8 @@ async def test_deploy_keys_need_maintainer_and_a_deleted_key_is_gone(demo):
     assert demo.deploy_keys("demo/hello") == []
 
 
-@pytest.mark.parametrize("url", ["", "gitlab.example.org", "file:///etc/passwd", "http://"])
+@pytest.mark.parametrize("url", ["", "gitlab.example.org", "file:///etc/passwd", "http://",
+                                 "http://[::1"])
 def test_no_usable_gitlab_url_is_refused_before_any_request(url):
     # python-gitlab alone would take "" for https://gitlab.com and send the token there
     with pytest.raises(GitLabError, match="no valid GitLab URL"):
