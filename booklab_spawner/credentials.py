@@ -24,7 +24,7 @@ from tornado import web
 from . import deploykeys
 from .crypto import SecretBox
 from .exceptions import BooklabError, GitLabError
-from .gitlab import GitLabClient
+from .gitlab_api import GitLabClient
 from .jobs import CLONE_RENEWED
 from .keys import Keys
 

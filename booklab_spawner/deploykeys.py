@@ -19,13 +19,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from urllib.parse import quote
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .exceptions import GitLabError
-from .gitlab import GitLabClient
+from .gitlab_api import GitLabClient
 from .jobs import CLAIMED, FETCHING, QUEUED, JobStore
 
 log = logging.getLogger(__name__)
@@ -69,17 +68,11 @@ def access_level(project: dict) -> int:
     return max(levels)
 
 
-def _pid(project_id: int | str) -> str:
-    return quote(str(project_id), safe="")
-
-
 async def add(gitlab: GitLabClient, project_id: int | str, key_title: str,
               public_key: str) -> int:
     """Add a read-only deploy key; returns its id. Needs Maintainer and the api scope."""
     expires = (dt.datetime.now(dt.timezone.utc) + KEY_LIFETIME).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data, _ = await gitlab.request(
-        "POST", f"/projects/{_pid(project_id)}/deploy_keys",
-        body={"title": key_title, "key": public_key, "can_push": False, "expires_at": expires})
+    data = await gitlab.add_deploy_key(project_id, key_title, public_key, expires)
     if data.get("can_push"):  # never trust a write key to a runner
         await remove(gitlab, project_id, data["id"])
         raise GitLabError("GitLab created the deploy key with write access", 0)
@@ -89,26 +82,13 @@ async def add(gitlab: GitLabClient, project_id: int | str, key_title: str,
 async def remove(gitlab: GitLabClient, project_id: int | str, key_id: int | str) -> bool:
     """Delete a deploy key from the project; True if it is gone (404: already gone)."""
     try:
-        await gitlab.request("DELETE", f"/projects/{_pid(project_id)}/deploy_keys/{int(key_id)}")
+        await gitlab.delete_deploy_key(project_id, key_id)
     except GitLabError as e:
         if e.status == 404:
             return True
         log.warning("Could not delete deploy key %s of project %s: %s", key_id, project_id, e)
         return False
     return True
-
-
-async def list_keys(gitlab: GitLabClient, project_id: int | str) -> list[dict]:
-    keys: list[dict] = []
-    page: int | None = 1
-    while page:
-        data, headers = await gitlab.request(
-            "GET", f"/projects/{_pid(project_id)}/deploy_keys",
-            params={"per_page": 100, "page": page})
-        keys.extend(data or [])
-        nxt = headers.get("X-Next-Page") or headers.get("x-next-page")
-        page = int(nxt) if nxt and page < 100 else None
-    return keys
 
 
 def _key_age(key: dict, job_id: str, now: dt.datetime) -> dt.timedelta:
@@ -137,7 +117,7 @@ async def is_stale(key: dict, store: JobStore, now: dt.datetime | None = None) -
 async def remove_stale(gitlab: GitLabClient, project_id: int | str, store: JobStore) -> int:
     """Delete the project's Booklab keys no launch needs any more; returns how many."""
     try:
-        keys = await list_keys(gitlab, project_id)
+        keys = await gitlab.deploy_keys(project_id)
     except GitLabError as e:
         log.info("Cannot list deploy keys of project %s: %s", project_id, e)
         return 0

@@ -26,7 +26,7 @@ from . import validate as check
 from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_host
 from .crypto import Signer, check_runner_token
 from .exceptions import GitLabError, InvalidInput
-from .gitlab import GitLabClient
+from .gitlab_api import GitLabClient
 from .jobrequest import JobRequest
 from .jobs import (
     ACTIVE,
@@ -241,7 +241,10 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
     async def start(self) -> str:
         project_path, ref = self._launch_options()
         token, scopes = await self._gitlab_token()
-        gitlab = GitLabClient(self.gitlab_url, token)
+        try:
+            gitlab = GitLabClient(self.gitlab_url, token)
+        except GitLabError as e:  # no usable gitlab.url: the operator's to fix
+            raise SpawnFailed(str(e), 500) from None
         project, sha = await self._resolve(gitlab, project_path, ref)
         job_id = new_job_id()
         clone, key_id = await self._clone_credential(gitlab, project, job_id, token, scopes)

@@ -8,7 +8,7 @@ import datetime as dt
 import secrets
 
 from booklab_spawner import deploykeys
-from booklab_spawner.gitlab import GitLabClient
+from booklab_spawner.gitlab_api import GitLabClient
 from booklab_spawner.jobs import new_job_id
 
 

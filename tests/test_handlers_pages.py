@@ -250,3 +250,18 @@ def test_build_page_opened_before_the_job_exists_gets_it_from_its_first_entry(pa
             failed = [json.loads(e["data"]) for e in events if e.get("event") == "failed"]
             assert kinds[-2:] == ["failed", "end"], events
             assert "Branch, tag or commit 'no-such-branch' not found" in failed[0]["message"]
+
+
+def test_refs_list_every_branch_beyond_gitlabs_first_page(pages_hub, pages_gitlab):
+    """GitLab answers at most 100 branches per page: the picker follows the pages
+    (before python-gitlab it showed the first 100 and "only the first 100...")."""
+    topics = {f"topic-{i:03d}" for i in range(110)}
+    for name in sorted(topics):
+        pages_gitlab.commit("demo/hello", name, {"topic.txt": name})
+    alice = pages_hub.login("alice", "alice-pw")
+
+    r = alice.get(pages_hub.url + "/hub/booklab/api/refs?project=demo/hello", timeout=60)
+
+    assert r.status_code == 200, r.text
+    assert set(r.json()["branches"]) == topics | {"main", "dev"}
+    assert r.json()["truncated"] is False and r.json()["tags"] == ["v1.0"]

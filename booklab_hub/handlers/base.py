@@ -13,7 +13,7 @@ from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from booklab_spawner.exceptions import GitLabError, JobNotFound
-from booklab_spawner.gitlab import GitLabClient
+from booklab_spawner.gitlab_api import GitLabClient
 from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis

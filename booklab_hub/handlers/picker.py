@@ -1,11 +1,14 @@
 """The repository picker (the landing page), its JSON endpoints, stop, and the badge.
 
-Project lists and refs are read from GitLab with the person's own token, one
-page at a time; the browser asks for them as the person types (debounced).
+Project lists and refs are read from GitLab with the person's own token
+(``booklab_spawner.gitlab_api``): projects one page at a time, as the browser
+asks for them while the person types (debounced); a project's branches and
+tags all at once, up to ``MAX_REFS`` of each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from jupyterhub.utils import url_escape_path, url_path_join
@@ -13,6 +16,7 @@ from tornado import web
 
 from booklab_spawner import validate as check
 from booklab_spawner.exceptions import GitLabError, InvalidInput
+from booklab_spawner.gitlab_api import MAX_REFS
 from booklab_spawner.runners import alive_runners
 
 from .base import STATIC_DIR, BooklabHandler, gitlab_status
@@ -76,18 +80,17 @@ class RefsAPIHandler(JSONHandler):
         try:
             gitlab = await self.gitlab_for(self.current_user)
             project = await gitlab.project(path)
-            branches = await gitlab.refs(project["id"], "branches")
-            tags = await gitlab.refs(project["id"], "tags")
+            (branches, more_branches), (tags, more_tags) = await asyncio.gather(
+                gitlab.refs(project["id"], "branches"), gitlab.refs(project["id"], "tags"))
         except GitLabError as e:
             return self.gitlab_failed(e)
         default = project.get("default_branch") or ""
         names = [b["name"] for b in branches]
-        if default and default not in names:  # beyond the first page: list it anyway
+        if default and default not in names:  # beyond the listed ones: list it anyway
             names.insert(0, default)
         self.finish({
             "project": path, "default_branch": default, "branches": names,
-            "tags": [t["name"] for t in tags],
-            "truncated": len(branches) >= 100 or len(tags) >= 100,
+            "tags": [t["name"] for t in tags], "truncated": more_branches or more_tags,
         })
 
 
@@ -116,7 +119,7 @@ class PickerHandler(BooklabHandler):
         await self.render_page(
             "picker.html", servers=running_servers(user), runners_alive=len(alive),
             public_base=f"{self.request.protocol}://{self.request.host}",
-            message=self.get_argument("message", "")[:200],
+            message=self.get_argument("message", "")[:200], max_refs=MAX_REFS,
         )
 
 

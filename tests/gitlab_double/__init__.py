@@ -13,6 +13,7 @@ Python API::
     gl.add_user("alice", password="alice-pw")
     gl.add_project("demo/hello", files={"Dockerfile": "FROM x"})
     gl.add_member("demo/hello", "alice", 30)     # or a group path: inherited below it
+    gl.store.link_host = "gitlab.internal:8443"  # behind a proxy: Link headers name it
     gl.stop()
 
 Deliberate simplifications: OAuth applications are trusted (no consent page),

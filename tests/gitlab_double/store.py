@@ -141,6 +141,9 @@ class Store:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self.base_url = ""
+        # GitLab behind a reverse proxy that rewrites Host: its pagination Link
+        # header then names that host (python-gitlab's keep_base_url exists for it)
+        self.link_host: str | None = None
         self.lock = threading.RLock()
         self._ids = {k: itertools.count(1) for k in ("user", "ns", "project", "app", "key")}
         self.users: dict[int, User] = {}

@@ -194,7 +194,8 @@ class ApiHandler(BaseHandler):
         args = [(k, v.decode()) for k, vs in self.request.query_arguments.items()
                 for v in vs if k not in ("page", "per_page", "access_token", "private_token")]
         args += [("page", str(page)), ("per_page", str(per_page))]
-        return f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(args)}"
+        host = self.store.link_host or self.request.host
+        return f"{self.request.protocol}://{host}{self.request.path}?{urlencode(args)}"
 
 
 def _check_alive(token: Token) -> None:
