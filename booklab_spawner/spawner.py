@@ -32,6 +32,7 @@ from .jobs import (
     ACTIVE,
     BUILDING,
     CLAIMED,
+    EARLY,
     FAILED,
     FETCHING,
     PROGRESS,
@@ -294,9 +295,19 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
                                       {"env": secret_env, "clone": clone})
         await self.store.create(job_id, record, blob)
         self.job_id = job_id
+        self._save_state()
         self._job_created().set()
         self.log.info("Queued job %s for %s (clone: %s)", job_id, self._log_name,
                       clone["method"])
+
+    def _save_state(self) -> None:
+        """Write the job id to the hub's database now: JupyterHub saves a spawner's
+        state only once start() returns, and a hub restarted during the launch must
+        know the job (poll then ends it) rather than leave it to start a notebook
+        nobody owns."""
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.user.db.commit()
 
     def _split_env(self, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
         public, secret = {}, {}
@@ -415,6 +426,12 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             return 0
         if state == FAILED:
             return int(job.get("exit_code") or 1)
+        if state in (QUEUED, *EARLY) and self.pending != "spawn":
+            # no start() of this hub process waits for the launch: the hub restarted
+            # during it, and JupyterHub cannot resume a spawn
+            await self._abort(self.job_id, f"The hub restarted during this launch (the job "
+                              f"was {state}): start the server again")
+            return 1
         runner = job.get("runner", "")
         if state in ACTIVE + (STOPPING,) and not await is_alive(store.redis, self.keys, runner):
             await self._fail(f"Runner {runner} stopped answering (no heartbeat)")

@@ -185,6 +185,22 @@ class LaunchDouble:
                                      + await self.log_text(job_id))
         raise AssertionError("log ended")  # pragma: no cover
 
+    async def wait_line(self, job_id: str, text: str, timeout: float = 300) -> str:
+        """Follow the job's log until a line containing ``text``; that line."""
+        deadline = time.monotonic() + timeout
+        async for entry in self.store.follow_log(job_id, block_ms=1000, until=()):
+            if entry is not None and text in entry.message:
+                return entry.message
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in job {job_id}'s log after {timeout} s:\n"
+                                     + await self.log_text(job_id))
+        raise AssertionError("log ended")  # pragma: no cover
+
+    async def image_of(self, job_id: str) -> str:
+        """The image name the runner announced for the job (its ``building`` entry)."""
+        line = await self.wait_line(job_id, "Image ")
+        return line.removeprefix("Image ").split(", from ", 1)[0]
+
     async def stop(self, job_id: str) -> dict[str, str]:
         """Stop as the hub does: ``stopping``, a stop command to its runner, wait."""
         await self.store.transition(job_id, "stopping", "Stopping",
@@ -209,6 +225,23 @@ class LaunchDouble:
                          headers={"Authorization": f"token {self.jupyter_token}"})
         r.raise_for_status()
         return {item["name"] for item in r.json()["content"]}
+
+
+def processes_under(work_dir) -> list[str]:
+    """Command lines of the live processes that name a path in ``work_dir`` (a runner's
+    git, repo2docker and its docker build all do), read from /proc."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:  # gone meanwhile
+            continue
+        if str(work_dir) in cmd and not zombie and "booklab-runner" not in cmd:
+            found.append(cmd)
+    return found
 
 
 @pytest.fixture

@@ -81,3 +81,28 @@ async def test_restart_adopts_its_running_container_and_removes_orphans(
     assert (await launcher.stop(job_id))["state"] == "stopped"
     with pytest.raises(NotFound):
         rt_docker.containers.get(job["container"])
+
+
+async def test_restart_fails_the_job_whose_container_exited_while_the_runner_was_away(
+        launcher, rt_runners, rt_docker, demo_project):
+    """A notebook killed while its runner was down: the runner, back with the same id,
+    fails the job with the container's exit code (not "running" forever, not adopted)
+    and removes the container."""
+    first = rt_runners.start("lazarus")
+    job_id = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}))
+    job = await launcher.wait_state(job_id, "running")
+    first.kill()
+    container = rt_docker.containers.get(job["container"])
+    container.kill()  # SIGKILL: exit code 137
+    container.wait()
+
+    rt_runners.start("lazarus")
+    job = await launcher.wait_state(job_id, ("failed", "stopped"))
+    assert (job["state"], job["exit_code"]) == ("failed", "137")
+    assert job["error"] == "The notebook server exited with code 137"
+    try:  # the runner removes it right after failing the job
+        rt_docker.api.wait(container.id, condition="removed", timeout=60)
+    except NotFound:
+        pass  # removed already
+    with pytest.raises(NotFound):
+        rt_docker.containers.get(container.id)

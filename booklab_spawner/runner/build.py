@@ -67,7 +67,9 @@ async def build(checkout: str, image: str, user_id: int, user_name: str, timeout
         except asyncio.TimeoutError:
             await _terminate(proc)
             raise BuildFailed(
-                f"The build took longer than {timeout:.0f} s and was stopped") from None
+                f"The build took longer than the build timeout ({timeout:.0f} s) and was "
+                "stopped: ask the hub's operator to raise runners.build_timeout, or make "
+                "the environment smaller") from None
         except asyncio.CancelledError:
             await asyncio.shield(_terminate(proc))
             raise

@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -130,9 +131,13 @@ def git_env(home: str, username: str, password: str) -> dict[str, str]:
 
 async def run_git(args: list[str], env: dict[str, str], log_line: LogLine,
                   cwd: str | None = None) -> int:
+    # a process group of its own: a cancelled fetch kills git *and* the helpers it runs
+    # (git-remote-http, ssh), which hold its output pipe open and would otherwise keep
+    # fetching, and keep proc.wait() waiting, until GitLab answers
     proc = await asyncio.create_subprocess_exec(
         *gitsafe.args(*args), cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
@@ -142,7 +147,10 @@ async def run_git(args: list[str], env: dict[str, str], log_line: LogLine,
                 await log_line(line)
         return await proc.wait()
     except asyncio.CancelledError:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await proc.wait()
         raise
 
