@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 import docker
 from booklab_spawner.keys import Keys
 from booklab_spawner.runner.app import Runner, RunnerApp
-from booklab_spawner.runner.launch import _can_connect
+from booklab_spawner.runner.containers import _can_connect
 from tests.conftest_runner import RT_DOCKERFILE, SERVER_CMD, LaunchDouble, notebook
 from tests.gitlab_double import GitLabDouble
 from tests.services import RedisServer

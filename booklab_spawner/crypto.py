@@ -10,7 +10,7 @@ none reveals another):
   whose binding differs from the job record (a transplanted credential);
 - an HMAC-SHA256 key (:class:`Signer`) with which the hub signs the ``conf``
   hash and each job record, and runners sign the notebook URL they report;
-- on runners, the key of the HMAC in image names (``runner/cache.py``).
+- on runners, the key of the HMAC in image names (``runner/imagekey.py``).
 
 A Redis writer without the token can therefore neither read a secret, nor move
 one to a job of its own making, nor change what a runner acts on, nor point the

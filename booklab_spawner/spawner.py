@@ -20,8 +20,8 @@ from typing import Any
 from jupyterhub.spawner import Spawner
 from traitlets import Float, Integer, Unicode, default, validate
 
-from . import conf as confmod
 from . import deploykeys
+from . import runnerconf as confmod
 from . import validate as check
 from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_host
 from .crypto import Signer, check_runner_token
@@ -48,7 +48,7 @@ from .jobs import (
 from .keys import DEFAULT_PREFIX, Keys
 from .launch_events import LaunchEvents
 from .redis_client import default_url, get_redis
-from .runners import alive_runners, is_alive
+from .registry import alive_runners, is_alive
 
 # environment variables that carry secrets: they travel encrypted in token:<job>
 _SECRET_ENV_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")

@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from booklab_spawner import conf as confmod
+from booklab_spawner import runnerconf as confmod
 from booklab_spawner.crypto import SecretBox, Signer
 from booklab_spawner.jobrequest import JobRequest
 from booklab_spawner.jobs import CLONE_RENEWED, JobStore, new_job_id

@@ -162,8 +162,8 @@ def test_container_start_timeout_is_published_to_runners_signed(tmp_path):
     from traitlets.config import Config
 
     from booklab_hub.config import apply
-    from booklab_spawner.conf import RunnerConf
     from booklab_spawner.crypto import Signer
+    from booklab_spawner.runnerconf import RunnerConf
     from booklab_spawner.spawner import BooklabSpawner
 
     c = Config()

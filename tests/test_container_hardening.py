@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from booklab_spawner.runner.app import RunnerApp
-from booklab_spawner.runner.launch import ContainerPolicy, limits
+from booklab_spawner.runner.containers import ContainerPolicy, limits
 from tests.conftest_runner import RT_DOCKERFILE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

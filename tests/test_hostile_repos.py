@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from booklab_spawner.runner import cache
+from booklab_spawner.runner import imagekey
 from tests.conftest_runner import RT_DOCKERFILE, RT_IMAGE_PREFIX, notebook
 from tests.gitlab_double.gitrepo import Executable, Symlink
 from tests.services import NOTEBOOK_IMAGE
@@ -117,7 +117,7 @@ def old_image_name(gl, project: str, files: dict[str, str]) -> str:
     Anyone can compute it for any project whose environment files they can guess
     (here the very common one-line Dockerfile of the victim)."""
     digest = hashlib.sha256()
-    for part in ("booklab-env-v1", cache._r2d_version(), "1000", "jovyan"):
+    for part in ("booklab-env-v1", imagekey._r2d_version(), "1000", "jovyan"):
         digest.update(part.encode() + b"\0")
     for path in sorted(files):
         blob = subprocess.run(["git", "hash-object", "--stdin"], input=files[path].encode(),
@@ -211,10 +211,10 @@ async def test_environment_keyed_image_is_reused_with_each_commits_own_files(
     gl.add_member("lab/pip", "alice", 40)
     info = gl.store.project_by_path("lab/pip")
     first = gl.commit("lab/pip", "main", {"notes.md": "one\n"})
-    env = await cache.environment(str(info.repo_dir), first, 1000, "jovyan")
+    env = await imagekey.environment(str(info.repo_dir), first, 1000, "jovyan")
     assert not env.whole_tree and env.files == ("requirements.txt",)
-    image = cache.image_name(RT_IMAGE_PREFIX, str(info.id), "lab/pip", env.hash,
-                             cache.name_key(rt_token))
+    image = imagekey.image_name(RT_IMAGE_PREFIX, str(info.id), "lab/pip", env.hash,
+                             imagekey.name_key(rt_token))
     rt_docker.images.get(NOTEBOOK_IMAGE).tag(*image.split(":"))
     rt_runners.start("envkey")
 

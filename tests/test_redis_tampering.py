@@ -14,7 +14,7 @@ import threading
 import pytest
 import redis.asyncio as aioredis
 
-from booklab_spawner import conf as confmod
+from booklab_spawner import runnerconf as confmod
 from booklab_spawner.crypto import Signer
 from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys

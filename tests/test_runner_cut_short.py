@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from booklab_spawner.runner.cache import image_key
+from booklab_spawner.runner.imagekey import image_key
 from tests.conftest_hub import wait_until
 from tests.conftest_runner import RT_DOCKERFILE, processes_under
 from tests.conftest_stack import slow_build_step

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import docker
-from booklab_spawner.runner.launch import LABEL_RUNNER, Launcher
+from booklab_spawner.runner.containers import LABEL_RUNNER, Launcher
 from tests.services import NOTEBOOK_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

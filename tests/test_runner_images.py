@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from booklab_spawner.runner import cache, tree
+from booklab_spawner.runner import imagekey, tree
 from tests.conftest_runner import RT_DOCKERFILE, RT_IMAGE_PREFIX
 from tests.services import NOTEBOOK_IMAGE
 
@@ -37,8 +37,8 @@ class Repo:
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", "change")
 
-    async def env(self) -> cache.Environment:
-        return await cache.environment(str(self.path / ".git"), "HEAD", 1000, "jovyan")
+    async def env(self) -> imagekey.Environment:
+        return await imagekey.environment(str(self.path / ".git"), "HEAD", 1000, "jovyan")
 
     def link(self, name: str, target: str) -> None:
         (self.path / name).symlink_to(target)
@@ -89,15 +89,15 @@ async def test_builds_that_read_every_file_key_on_the_whole_tree(repo, files):
 
 
 def test_image_name_is_readable_before_the_tag_and_unguessable_after_it():
-    key = cache.name_key("t" * 64)
-    name = cache.image_name("booklab/", "42", "Group/My Project", "ab" * 32, key)
+    key = imagekey.name_key("t" * 64)
+    name = imagekey.image_name("booklab/", "42", "Group/My Project", "ab" * 32, key)
     assert name.startswith("booklab/42-group-my-project:env-")
     tag = name.split(":env-")[1]
     assert len(tag) == 32 and "ab" * 8 not in tag
     # another runner token, another project: another name
-    assert cache.image_name("booklab/", "42", "Group/My Project", "ab" * 32,
-                            cache.name_key("u" * 64)) != name
-    assert cache.image_name("booklab/", "43", "Group/My Project", "ab" * 32, key) != name
+    assert imagekey.image_name("booklab/", "42", "Group/My Project", "ab" * 32,
+                            imagekey.name_key("u" * 64)) != name
+    assert imagekey.image_name("booklab/", "43", "Group/My Project", "ab" * 32, key) != name
 
 
 async def test_a_linked_environment_file_keys_on_the_whole_tree(repo):

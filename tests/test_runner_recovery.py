@@ -8,8 +8,8 @@ import time
 import pytest
 from docker.errors import NotFound
 
+from booklab_spawner.registry import HEARTBEAT_TTL
 from booklab_spawner.runner.app import RunnerApp
-from booklab_spawner.runners import HEARTBEAT_TTL
 from tests.conftest_runner import RT_DOCKERFILE, notebook
 from tests.conftest_stack import slow_build_step
 from tests.services import NOTEBOOK_IMAGE

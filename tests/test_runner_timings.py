@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from booklab_spawner import runners
+from booklab_spawner import registry
 from booklab_spawner.runner.app import Runner, RunnerApp
 from booklab_spawner.runner.recovery import RecoveryContext, reap_dead, reap_loop
 
@@ -67,15 +67,15 @@ def reaper(redis, keys, store, **timings) -> RecoveryContext:
     """What recovery.py gets of a live runner: the same context the runner builds."""
     return RecoveryContext(
         runner_id="alive", store=store,
-        dead_runners=functools.partial(runners.dead_runners, redis, keys),
-        forget=functools.partial(runners.forget, redis, keys),
+        dead_runners=functools.partial(registry.dead_runners, redis, keys),
+        forget=functools.partial(registry.forget, redis, keys),
         stopping=asyncio.Event(), **timings)
 
 
 async def dead_runner_with_job(redis, keys, store, name: str, state: str,
                                gone_for: float) -> str:
     """Runner ``name``, last heartbeat ``gone_for`` s ago, holding one job in ``state``."""
-    await runners.register(redis, keys, name, {"host": "127.0.0.1"})
+    await registry.register(redis, keys, name, {"host": "127.0.0.1"})
     job_id = f"job-{name}"
     await store.create(job_id, {"user": "alice", "project": "demo/hello"}, "blob")
     assert await store.claim(name, 1) == job_id

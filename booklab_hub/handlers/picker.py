@@ -17,7 +17,7 @@ from tornado import web
 from booklab_spawner import validate as check
 from booklab_spawner.exceptions import GitLabError, InvalidInput
 from booklab_spawner.gitlab_api import MAX_REFS
-from booklab_spawner.runners import alive_runners
+from booklab_spawner.registry import alive_runners
 
 from .base import STATIC_DIR, BooklabHandler, gitlab_status
 

@@ -23,19 +23,19 @@ from redis.exceptions import RedisError
 from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from .. import __version__, runners
-from .. import conf as confmod
+from .. import __version__, registry
 from .. import jobs as J
+from .. import runnerconf as confmod
 from ..crypto import SecretBox, Signer, check_runner_token
 from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
 from ..traits import ByteSize
-from . import cache, fetch
+from . import fetch, imagekey
 from .buildlock import BuildLock
+from .containers import ContainerPolicy, Launcher
 from .heartbeat import heartbeat_loop
-from .images import ImageCache
-from .launch import ContainerPolicy, Launcher
+from .imagecache import ImageCache
 from .network import NotebookNetwork, check_name, parse_allow, parse_deny, redis_rules
 from .recovery import RecoveryContext, reap_loop, reconcile
 from .worker import JobWorker, WorkerContext
@@ -61,7 +61,7 @@ class Runner:
         self.box = SecretBox(app.runner_token)
         self.signer = Signer(app.runner_token)  # conf and jobs are checked with it
         self.gitlab_url, self.hub_url = app.gitlab_url, app.hub_url  # win over conf
-        self.name_key = cache.name_key(app.runner_token)  # image names no build can guess
+        self.name_key = imagekey.name_key(app.runner_token)  # image names no build can guess
         self.launcher = Launcher(self.runner_id, app.advertise_host,
                                  policy=app.container_policy(), network=app.notebook_net())
         self.images = ImageCache(self.redis, self.keys, self.runner_id, self.launcher,
@@ -81,8 +81,8 @@ class Runner:
                                                   self.runner_id, job))
         self.recovery = RecoveryContext(
             runner_id=self.runner_id, store=self.store,
-            dead_runners=functools.partial(runners.dead_runners, self.redis, self.keys),
-            forget=functools.partial(runners.forget, self.redis, self.keys),
+            dead_runners=functools.partial(registry.dead_runners, self.redis, self.keys),
+            forget=functools.partial(registry.forget, self.redis, self.keys),
             launcher=self.launcher, adopt=self.adopt, reap_interval=self.reap_interval,
             orphan_grace=self.orphan_grace, stopping=self.stopping)
 
@@ -114,7 +114,7 @@ class Runner:
     async def run(self) -> None:
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         fetch.sweep_work_dir(self.work_dir)  # keys and checkouts a killed runner left
-        await runners.register(self.redis, self.keys, self.runner_id, self.info())
+        await registry.register(self.redis, self.keys, self.runner_id, self.info())
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
         await self._isolate()
@@ -137,7 +137,7 @@ class Runner:
             # (or this one, restarted) reap and reconcile what we held.
             why = str(e) or f"not done within the shutdown timeout ({self.shutdown_timeout:g} s)"
             log.warning("could not hand back jobs or deregister (%s); "
-                        "the heartbeat will expire in %d s", why, runners.HEARTBEAT_TTL)
+                        "the heartbeat will expire in %d s", why, registry.HEARTBEAT_TTL)
         tasks[0].cancel()
         await self.launcher.close()
         await self.redis.aclose()
@@ -145,7 +145,7 @@ class Runner:
 
     async def _leave(self) -> None:
         await self.shutdown()
-        await runners.deregister(self.redis, self.keys, self.runner_id)
+        await registry.deregister(self.redis, self.keys, self.runner_id)
 
     async def claim_loop(self) -> None:
         while not self.stopping.is_set():
@@ -365,7 +365,7 @@ class RunnerApp(Application):
                                      "suffix, e.g. 50G. Past it, images are removed least "
                                      "recently launched first. 0: no limit.")
 
-    # -- what a notebook container may do (see launch.py and network.py) ------
+    # -- what a notebook container may do (see containers.py and network.py) ------
     pids_limit = Integer(1024, config=True, help="Processes (and threads) one notebook "
                          "container may have at once, e.g. 1024; a fork bomb stops there. "
                          "0: no limit.")

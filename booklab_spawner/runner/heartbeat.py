@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .. import runners
+from .. import registry
 from ..keys import Keys
 
 log = logging.getLogger(__name__)
@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 async def heartbeat_loop(redis: aioredis.Redis, keys: Keys, runner_id: str,
                          info: Callable[[], dict[str, Any]], stop: asyncio.Event,
-                         interval: float = runners.HEARTBEAT_INTERVAL) -> None:
+                         interval: float = registry.HEARTBEAT_INTERVAL) -> None:
     """Refresh the heartbeat every ``interval`` s until ``stop`` is set."""
     while not stop.is_set():
         try:
-            await runners.beat(redis, keys, runner_id, info())
+            await registry.beat(redis, keys, runner_id, info())
         except Exception as e:  # keep beating through a Redis restart
             log.warning("heartbeat failed: %s", e)
         try:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .. import jobs as J
-from .launch import Launcher, exit_message
+from .containers import Launcher, exit_message
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def build_context(root: str, dest: str, files: tuple[str, ...] | None) -> str:
     os.makedirs(dest, mode=0o755)
     for path in files:
         source, target = os.path.join(root, path), os.path.join(dest, path)
-        if os.path.islink(source):  # cache.select keys a linked env file on the whole tree
+        if os.path.islink(source):  # imagekey.select keys a linked env file on the whole tree
             raise BuildFailed(f"internal: environment file {path!r} is a link")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(source, target)

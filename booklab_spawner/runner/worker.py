@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import jobs as J
-from ..conf import RunnerConf
 from ..crypto import SecretBox, Signer
 from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
+from ..runnerconf import RunnerConf
 from ..scrub import Scrubber
-from . import build, cache, fetch, gitsafe, tree
+from . import build, fetch, gitsafe, imagekey, tree
 from .buildlock import BuildLock
-from .images import ImageCache
-from .launch import ContainerExited, Launcher, exit_message, pack
+from .containers import ContainerExited, Launcher, exit_message, pack
+from .imagecache import ImageCache
 
 log = logging.getLogger(__name__)
 RENEW_WAIT = 60  # seconds a runner waits for the hub to renew a used clone credential
@@ -41,7 +41,7 @@ class WorkerContext:
     signer: Signer  # checks the job record, signs the notebook URL
     launcher: Launcher
     images: ImageCache
-    name_key: bytes  # image names no build can guess (cache.name_key)
+    name_key: bytes  # image names no build can guess (imagekey.name_key)
     known_hosts: str  # the runner's own known_hosts, if the hub publishes none
     work_dir: str
     conf: Callable[[], Awaitable[RunnerConf]]  # the hub's signed conf, runner's overrides
@@ -150,7 +150,7 @@ class JobWorker:
         try:
             checkout = os.path.join(workdir, "repo")
             await self._fetch(job, secrets["clone"], conf, checkout)
-            entries = await cache.tree_entries(gitsafe.git_dir(checkout), job["sha"])
+            entries = await imagekey.tree_entries(gitsafe.git_dir(checkout), job["sha"])
             # before anything on this host reads the checkout: no link may leave it
             tree.check_links(checkout, entries)
             self.image = await self._ensure_image(job, checkout, entries, conf)
@@ -218,12 +218,12 @@ class JobWorker:
 
     async def _ensure_image(self, job: dict[str, str], checkout: str,
                             entries: dict[str, str], conf: RunnerConf) -> str:
-        env = await cache.environment(gitsafe.git_dir(checkout), job["sha"], conf.user_id,
+        env = await imagekey.environment(gitsafe.git_dir(checkout), job["sha"], conf.user_id,
                                       conf.user_name, entries)
-        image = cache.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash,
+        image = imagekey.image_name(conf.image_prefix, job["project_id"], job["project"], env.hash,
                                  self.runner.name_key)
         await self.step(J.BUILDING, f"Image {image}, from {env.describe()}")
-        lock = self.runner.build_lock(cache.image_key(image), self.job_id)
+        lock = self.runner.build_lock(imagekey.image_key(image), self.job_id)
         launcher = self.runner.launcher
         while True:
             if await launcher.image_exists(image):

@@ -8,7 +8,7 @@ repo2docker reads its environment files only from there, so the hash covers
 that directory alone, and the image is built from those files alone
 (:func:`booklab_spawner.runner.tree.build_context`): it holds nothing else of
 the commit that built it. The rest of the repository reaches the container at
-start (see :meth:`booklab_spawner.runner.launch.Launcher.start`), so a launch
+start (see :meth:`booklab_spawner.runner.containers.Launcher.start`), so a launch
 shows exactly the files of its own commit.
 
 Some repositories make the image depend on *every* file: a ``Dockerfile`` (it

@@ -17,7 +17,7 @@ import time
 import redis.asyncio as aioredis
 
 from ..keys import Keys
-from .launch import Launcher
+from .containers import Launcher
 
 log = logging.getLogger(__name__)
 
