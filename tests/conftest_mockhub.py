@@ -145,11 +145,15 @@ class InprocHub:
         assert r.status_code >= 400, (r.status_code, r.text)
         return r.status_code, r.json()["message"]
 
+    async def register_runner(self) -> str:
+        """Play a live runner that has registered (heartbeat alive for 30 s)."""
+        await runners.register(get_redis(self.redis_url), self.keys, INPROC_RUNNER,
+                               {"host": "127.0.0.1", "slots": 1})
+        return INPROC_RUNNER
+
     async def claim(self) -> str:
         """Play a live runner: register it and take the next queued job (BLMOVE)."""
-        redis = get_redis(self.redis_url)
-        await runners.register(redis, self.keys, INPROC_RUNNER,
-                               {"host": "127.0.0.1", "slots": 1})
+        await self.register_runner()
         job_id = await self.store.claim(INPROC_RUNNER, timeout=WAIT_LIMIT)
         assert job_id, f"no job was queued within {WAIT_LIMIT} s"
         return job_id
