@@ -5,7 +5,8 @@ application, in the test's event loop) through pytest-jupyterhub's ``hub_app``,
 configured the way ``jupyterhub_config.py`` does it: a ``config.yml`` read by
 ``booklab_hub.config.load`` and mapped by ``apply``. It talks to the GitLab double
 (alice Developer and maria Maintainer of demo/hello, bob nothing) and to the
-session's real redis-server, under a key prefix of its own. No runner process: a
+session's real redis-server, under a key prefix of its own, behind the session's
+one real configurable-http-proxy (``inproc_proxy``). No runner process: a
 test that needs one plays it through ``JobStore`` (``InprocHub.claim``).
 
 Users log in through the double's real OAuth flow (``InprocHub.login``), so their
@@ -15,7 +16,10 @@ auth state holds tokens the double issued. See docs/testing.md ("Two layers").
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
 from tests.conftest_hub import KNOWN_HOSTS_LINE, add_hub_users
+from tests.services import artifacts_dir, free_port, wait_for_port
 
 INPROC_RUNNER = "inproc-runner"
 CLIENT_ID = "booklab-inproc"
@@ -52,12 +57,47 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """A running configurable-http-proxy: public port, API port, API token."""
+
+    port: int
+    api_port: int
+    token: str
+
+
+@pytest.fixture(scope="session")
+def inproc_proxy():
+    """One real configurable-http-proxy for the session's in-process hubs.
+
+    Starting CHP (node) is half of a MockHub's start; the hubs run one after the
+    other, and each hub's start replaces the routes of the one before it."""
+    chp = shutil.which("configurable-http-proxy")
+    if chp is None:
+        pytest.fail("configurable-http-proxy is not installed: scripts/setup-system.sh "
+                    "installs it from npm")
+    proxy = Proxy(free_port(), free_port(), secrets.token_hex(32))
+    with open(artifacts_dir() / "inproc-chp.log", "wb") as log:
+        proc = subprocess.Popen(
+            [chp, "--ip", "127.0.0.1", "--port", str(proxy.port), "--api-ip", "127.0.0.1",
+             "--api-port", str(proxy.api_port), "--log-level", "warn"],
+            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token},
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(proxy.api_port)
+        wait_for_port(proxy.port)
+        yield proxy
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def booklab_config(workdir: Path, gitlab, redis_url: str, runner_token: str,
-                   overrides: dict | None = None) -> Config:
+                   proxy: Proxy, overrides: dict | None = None) -> Config:
     """JupyterHub config as jupyterhub_config.py builds it from a config.yml, plus
-    what MockHub needs (ports of its own, the spawn request's patience)."""
+    what MockHub needs (the session's proxy, the spawn request's patience)."""
     secret = secrets.token_hex(16)
-    port = random_port()
+    port = proxy.port
     gitlab.add_oauth_app(CLIENT_ID, secret, f"http://127.0.0.1:{port}/hub/oauth_callback",
                          scopes=["api", "read_api", "read_user", "read_repository"])
     yml = _merge({
@@ -79,6 +119,9 @@ def booklab_config(workdir: Path, gitlab, redis_url: str, runner_token: str,
     # a deployment) has the hub at the root of hub.ip:hub.port
     c.JupyterHub.bind_url = f"http://127.0.0.1:{port}/"
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": SLOW_SPAWN_TIMEOUT}
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy.api_port}"
+    c.ConfigurableHTTPProxy.auth_token = proxy.token
     return c
 
 
@@ -168,8 +211,8 @@ class InprocHub:
 
 
 @pytest.fixture
-async def inproc_hub(hub_app, demo_gitlab, redis_server, runner_token, tmp_path,
-                     monkeypatch):
+async def inproc_hub(hub_app, inproc_proxy, demo_gitlab, redis_server, runner_token,
+                     tmp_path, monkeypatch):
     """``await inproc_hub(overrides)``: a started MockHub; config.yml sections in
     ``overrides`` are merged over the defaults above."""
     gitlab = add_hub_users(demo_gitlab)
@@ -177,11 +220,28 @@ async def inproc_hub(hub_app, demo_gitlab, redis_server, runner_token, tmp_path,
     monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", secrets.token_hex(32))
     CryptKeeper.clear_instance()
 
+    apps = []
+
     async def make(overrides: dict | None = None) -> InprocHub:
-        config = booklab_config(tmp_path, gitlab, redis_server.url, runner_token, overrides)
-        app = await hub_app(config)
-        return InprocHub(app, gitlab, Keys(config.BooklabSpawner.key_prefix))
+        config = booklab_config(tmp_path, gitlab, redis_server.url, runner_token,
+                                inproc_proxy, overrides)
+        apps.append(await hub_app(config))
+        return InprocHub(apps[-1], gitlab, Keys(config.BooklabSpawner.key_prefix))
 
     yield make
+    for app in apps:
+        _stop_timers(app)
     CryptKeeper.clear_instance()
+
+
+def _stop_timers(app) -> None:
+    """Stop the hub's periodic callbacks, as JupyterHub.stop() does.
+
+    hub_app's teardown stops the HTTP server and cancels the loop's tasks but leaves
+    these running; on the session's event loop a finished hub would go on checking
+    the proxy's routes (and put its own back) while the next test's hub runs."""
+    if app.metrics_collector is not None:
+        app.metrics_collector.stop()
+    for callback in app._periodic_callbacks.values():
+        callback.stop()
 
