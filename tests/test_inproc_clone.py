@@ -30,7 +30,7 @@ CASES = [
     # without GitLab's host key a runner could not check the server it clones from
     ("auto", UNKNOWN, {"maria": PROXY, "alice": PROXY}),
     ("deploy_key", KNOWN, {"maria": SSH, "alice": NEEDS_MAINTAINER}),
-    # the operator asked for deploy keys: no fallback to the proxy
+    # the operator asked for deploy keys: no fallback (runners may have --known-hosts)
     ("deploy_key", UNKNOWN, {"maria": SSH, "alice": NEEDS_MAINTAINER}),
     ("token", KNOWN, {"maria": PROXY, "alice": PROXY}),
     ("token", UNKNOWN, {"maria": PROXY, "alice": PROXY}),
