@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.conftest_runner",
     "tests.conftest_hub",
     "tests.conftest_pages",
+    "tests.conftest_mockhub",
 ]
 
 
