@@ -32,7 +32,7 @@ from jupyterhub.utils import random_port
 from traitlets.config import Config
 
 from booklab_hub.config import apply, load
-from booklab_spawner import runners
+from booklab_spawner import registry
 from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
@@ -190,7 +190,7 @@ class InprocHub:
 
     async def register_runner(self) -> str:
         """Play a live runner that has registered (heartbeat alive for 30 s)."""
-        await runners.register(get_redis(self.redis_url), self.keys, INPROC_RUNNER,
+        await registry.register(get_redis(self.redis_url), self.keys, INPROC_RUNNER,
                                {"host": "127.0.0.1", "slots": 1})
         return INPROC_RUNNER
 
