@@ -103,7 +103,9 @@ def booklab_config(workdir: Path, gitlab, redis_url: str, runner_token: str,
     yml = _merge({
         "hub": {"ip": "127.0.0.1", "port": port, "hub_ip": "127.0.0.1",
                 "hub_port": random_port(), "admin_users": ["admin"],
-                "data_dir": str(workdir)},
+                "data_dir": str(workdir),
+                # the test's own database, never a jupyterhub.sqlite in the checkout
+                "db_url": f"sqlite:///{workdir / 'jupyterhub.sqlite'}"},
         "gitlab": {"url": gitlab.url, "client_id": CLIENT_ID, "allow_all": True,
                    "ssh_known_hosts": KNOWN_HOSTS_LINE},
         "redis": {"url": redis_url, "key_prefix": f"inproc{secrets.token_hex(3)}:"},

@@ -313,6 +313,10 @@ def test_branches_tags_and_commits(gl):
     for bad in ("nope", "0" * 40, "--upload-pack=touch%20x", "main..v1"):
         resp = api(gl, f"/projects/1/repository/commits/{bad}", tok)
         assert resp.status_code == 404 and resp.json() == {"message": "404 Commit Not Found"}
+    # as GitLab: a ref is one path segment, so a slash in it must come encoded
+    for path in ("commits/feature/nb", "branches/feature/nb", "tags/feature/nb"):
+        resp = api(gl, f"/projects/1/repository/{path}", tok)
+        assert resp.status_code == 404 and "id" not in resp.json(), (path, resp.text)
 
 
 def test_subgroups_inherit_membership_and_encoded_paths(gl):

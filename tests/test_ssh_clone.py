@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,19 @@ def test_unknown_key_and_unknown_host_key_are_refused(demo_project, tmp_path):
     spoofed = git_over_ssh(tmp_path, key, forged, "ls-remote", url)
     assert spoofed.returncode != 0
     assert "Host key verification failed" in spoofed.stderr
+
+
+def test_an_expired_deploy_key_cannot_fetch(demo_project, tmp_path):
+    """As GitLab's access check: a deploy key past its expires_at is refused over SSH,
+    with the reason (Booklab's keys expire after 7 days, docs/security.md)."""
+    gl = demo_project
+    key, _, public = new_key(tmp_path, "deploy")
+    key_id = add_deploy_key(gl, "demo/hello", public)
+    url = ssh_url(gl, "demo/hello")
+    assert git_over_ssh(tmp_path, key, gl.known_hosts, "ls-remote", url).returncode == 0
+    gl.store.deploy_keys[key_id].expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
+    expired = git_over_ssh(tmp_path, key, gl.known_hosts, "ls-remote", url)
+    assert expired.returncode != 0 and "Your SSH key has expired." in expired.stderr
 
 
 class KeyWatch:

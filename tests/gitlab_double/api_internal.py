@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+from datetime import timezone
 
+from .store import utcnow
 from .web import BaseHandler, message
 
 _DENIED = ("The project you were looking for could not be found or "
@@ -50,6 +52,14 @@ class AllowedHandler(InternalHandler):
         link = self.store.key_links.get((project.id, key_id)) if project else None
         if link is None:
             self.write_json({"status": False, "message": _DENIED}, status=404)
+            return
+        key = self.store.deploy_keys.get(key_id)
+        expires = key.expires_at if key is not None else None
+        if expires is not None and expires.replace(tzinfo=expires.tzinfo or timezone.utc) \
+                <= utcnow():
+            # GitLab's access check refuses an expired key (401, as gitlab-shell reads it)
+            self.write_json({"status": False, "message": "Your SSH key has expired."},
+                            status=401)
             return
         if body.get("action") != "git-upload-pack":
             text = ("This deploy key does not have write access to this project."

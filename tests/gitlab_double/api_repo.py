@@ -204,12 +204,15 @@ class DeployKeyHandler(DeployKeysBase):
 
 _ID = r"([^/]+)"
 _REPO = rf"/api/v4/projects/{_ID}/repository"
+# GitLab's routes take a branch, tag or commit ref as one path segment
+# (NO_SLASH_URL_PART_REGEX): a ref with a slash must come URL-encoded, else 404
+_REF = r"([^/]+)"
 HANDLERS = [
     (rf"{_REPO}/branches", BranchesHandler),
-    (rf"{_REPO}/branches/(.+)", BranchHandler),
+    (rf"{_REPO}/branches/{_REF}", BranchHandler),
     (rf"{_REPO}/tags", TagsHandler),
-    (rf"{_REPO}/tags/(.+)", TagHandler),
-    (rf"{_REPO}/commits/(.+)", CommitHandler),
+    (rf"{_REPO}/tags/{_REF}", TagHandler),
+    (rf"{_REPO}/commits/{_REF}", CommitHandler),
     (rf"/api/v4/projects/{_ID}/deploy_keys", DeployKeysHandler),
     (rf"/api/v4/projects/{_ID}/deploy_keys/(\d+)", DeployKeyHandler),
 ]
