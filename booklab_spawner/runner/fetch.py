@@ -174,6 +174,7 @@ async def fetch_ssh(ssh_url: str, ref: str, sha: str, dest: str, private_key: st
     """Check out ``sha`` of ``ssh_url`` with a deploy key, deleting the key afterwards."""
     home = os.path.join(os.path.dirname(dest), "home")
     try:
+        # on the loop (two tiny files): a key written by a thread could outlive a cancel
         env = ssh_env(home, private_key, known_hosts)
         await checkout(ssh_url, ref, sha, dest, env, log_line)
     finally:

@@ -152,7 +152,7 @@ class JobWorker:
             await self._fetch(job, secrets["clone"], conf, checkout)
             entries = await imagekey.tree_entries(gitsafe.git_dir(checkout), job["sha"])
             # before anything on this host reads the checkout: no link may leave it
-            tree.check_links(checkout, entries)
+            await asyncio.to_thread(tree.check_links, checkout, entries)
             self.image = await self._ensure_image(job, checkout, entries, conf)
             content = await asyncio.to_thread(pack, checkout, os.path.join(workdir, "repo.tar"),
                                                conf.user_id)
@@ -232,8 +232,8 @@ class JobWorker:
             if await lock.acquire():
                 async with lock.kept():
                     if not await launcher.image_exists(image):
-                        context = tree.build_context(
-                            checkout, checkout + ".context",
+                        context = await asyncio.to_thread(
+                            tree.build_context, checkout, checkout + ".context",
                             None if env.whole_tree else env.files)
                         await build.build(context, image, conf.user_id, conf.user_name,
                                           conf.build_timeout, self._build_line)
