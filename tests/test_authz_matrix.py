@@ -203,6 +203,9 @@ def request(world: World, actor: str, row: Row, values: dict) -> requests.Respon
         return r
     form = {k: v.format(**values) for k, v in row.form.items()}
     if row.xsrf and session.cookies.get("_xsrf"):
+        # as a browser posts a form it has just loaded: JupyterHub binds the XSRF token
+        # to the login cookie, which it renews now and then, so an old one may be stale
+        session.get(world.hub.url + "/hub/booklab/", timeout=30)
         form["_xsrf"] = session.cookies.get("_xsrf")
     return session.post(url, data=form, allow_redirects=False, timeout=60)
 
