@@ -295,6 +295,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
                                       {"env": secret_env, "clone": clone})
         await self.store.create(job_id, record, blob)
         self.job_id = job_id
+        self._launched_here = job_id  # this hub process follows it (see poll)
         self._save_state()
         self._job_created().set()
         self.log.info("Queued job %s for %s (clone: %s)", job_id, self._log_name,
@@ -426,11 +427,13 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             return 0
         if state == FAILED:
             return int(job.get("exit_code") or 1)
-        if state in (QUEUED, *EARLY) and self.pending != "spawn":
-            # no start() of this hub process waits for the launch: the hub restarted
-            # during it, and JupyterHub cannot resume a spawn
+        if state in (QUEUED, *EARLY) and getattr(self, "_launched_here", None) != self.job_id:
+            # a launch this hub process never started (its state came from the database):
+            # the hub restarted during it, and JupyterHub cannot resume a spawn. (A launch
+            # interrupted by a stop is this process's own: stop() ends that one.)
             await self._abort(self.job_id, f"The hub restarted during this launch (the job "
                               f"was {state}): start the server again")
+            await self._release_deploy_key()  # stop() will not be called for it
             return 1
         runner = job.get("runner", "")
         if state in ACTIVE + (STOPPING,) and not await is_alive(store.redis, self.keys, runner):

@@ -80,6 +80,20 @@ def queued(hr_hub, alice):
     raise AssertionError("the valid launch queued no job")
 
 
+@pytest.fixture(autouse=True)
+def only_the_queued_server(hr_hub, queued):
+    """Each test starts with alice's one queued server, whatever ran before it (the
+    order is random): the stopped named servers a test's refused launches leave count
+    against the hub's named-server limit."""
+    yield
+    servers = hr_hub.api("GET", "/users/alice?include_stopped_servers=1").json()["servers"]
+    for name in servers:
+        if name not in ("", "queued"):
+            r = hr_hub.api("DELETE", f"/users/alice/servers/{quote(name, safe='')}",
+                           json={"remove": True})
+            assert r.status_code in (202, 204), (name, r.status_code, r.text)
+
+
 @pytest.fixture(scope="module")
 def alice(hr_hub):
     return hr_hub.login("alice", "alice-pw")
