@@ -113,6 +113,7 @@ class Hub:
     def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str,
                  overrides: dict | None = None):
         self.workdir = workdir
+        self.gitlab = gitlab  # the double it logs in with (its requests_log, its data)
         self.starts = 0
         self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -61,14 +61,15 @@ def test_branch_that_does_not_exist_is_refused_and_nothing_queued(hub, redis_ser
 def test_hostile_refs_are_refused_with_400_and_nothing_queued(hub, redis_server, ref,
                                                              message):
     hub.login("alice", "alice-pw")
-    before = len(hub.process.output())
-    r = start_server(hub, "alice", "evil", hub.user_token("alice"), ref=ref)
+    token = hub.user_token("alice")
+    before = len(hub.gitlab.requests_log)
+    r = start_server(hub, "alice", "evil", token, ref=ref)
     assert r.status_code == 400, r.text[:300]
     assert r.json()["message"].startswith(message)
     assert "\x00" not in r.json()["message"] and len(r.json()["message"]) < 200
     assert jobs_of(redis_server, hub, "alice") == [] and queue(redis_server, hub) == []
-    # nothing reached GitLab: the ref was refused before any request with it
-    assert "/repository/commits/-" not in hub.process.output()[before:]
+    # nothing reached GitLab: the ref was refused before any request (the double's log)
+    assert not [p for _, p, _ in hub.gitlab.requests_log[before:] if "/repository/" in p]
 
 
 @pytest.mark.parametrize("project", ["../etc/passwd", "demo/hello;id", "x" * 5000, "demo"])

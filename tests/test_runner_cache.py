@@ -24,12 +24,14 @@ async def test_a_dockerfile_repository_is_keyed_on_its_whole_tree(
     log = await launcher.log_text(first)
     assert "Built image" in log and "from the whole repository" in log
     assert {"hello.ipynb", "first.ipynb"} <= launcher.contents(job["url"])
+    built_id = rt_docker.images.get(job["image"]).id
     assert (await launcher.stop(first))["state"] == "stopped"
 
     # the same commit again: same image, no build
     again = await launcher.launch("demo/hello", sha)
     job_again = await launcher.wait_state(again, "running")
     assert job_again["image"] == job["image"]
+    assert rt_docker.images.get(job_again["image"]).id == built_id  # the same image, not rebuilt
     log_again = await launcher.log_text(again)
     assert "already exists: reusing it, no build needed" in log_again
     assert "Built image" not in log_again
@@ -40,6 +42,7 @@ async def test_a_dockerfile_repository_is_keyed_on_its_whole_tree(
     second = await launcher.launch("demo/hello", sha2)
     job2 = await launcher.wait_state(second, "running")
     assert job2["image"] != job["image"]
+    assert rt_docker.images.get(job2["image"]).id != built_id
     assert "Built image" in await launcher.log_text(second)
     assert {"hello.ipynb", "first.ipynb", "second.ipynb"} <= launcher.contents(job2["url"])
     await launcher.stop(second)
