@@ -37,6 +37,7 @@ from booklab_spawner.jobs import JobStore
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
 from tests.conftest_hub import KNOWN_HOSTS_LINE, add_hub_users
+from tests.conftest_stack import _merge
 from tests.services import artifacts_dir, free_port, wait_for_port
 
 INPROC_RUNNER = "inproc-runner"
@@ -47,14 +48,6 @@ SLOW_SPAWN_TIMEOUT = 60
 # whatever a test waits on (a claim, a spawn's end) gives up after this: a hang fails
 WAIT_LIMIT = 60
 
-
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 @dataclass(frozen=True)
