@@ -103,10 +103,18 @@ RUNNER_LABEL = "org.booklab.runner"  # launch.LABEL_RUNNER, written out: tests s
 def remove_runner_containers(client, runner_ids) -> None:
     """Force-remove the containers labelled for one of ``runner_ids`` (a set, or a
     predicate on the label): only this session's runners, never another session's."""
+    import docker.errors
+
     mine = runner_ids if callable(runner_ids) else set(runner_ids).__contains__
     for c in client.containers.list(all=True, filters={"label": RUNNER_LABEL}):
         if mine(c.labels.get(RUNNER_LABEL, "")):
-            c.remove(force=True)
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # its runner removed it meanwhile
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: a removal already in progress
+                    raise
 
 
 def remove_images(client, prefix: str) -> None:
