@@ -38,7 +38,7 @@ from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
 from tests.conftest_hub import KNOWN_HOSTS_LINE, add_hub_users
 from tests.conftest_stack import _merge
-from tests.services import artifacts_dir, free_port, wait_for_port
+from tests.services import artifacts_dir, free_ports, wait_for_port
 
 INPROC_RUNNER = "inproc-runner"
 CLIENT_ID = "booklab-inproc"
@@ -69,7 +69,7 @@ def inproc_proxy():
     if chp is None:
         pytest.fail("configurable-http-proxy is not installed: scripts/setup-system.sh "
                     "installs it from npm")
-    proxy = Proxy(free_port(), free_port(), secrets.token_hex(32))
+    proxy = Proxy(*free_ports(2), secrets.token_hex(32))
     with open(artifacts_dir() / "inproc-chp.log", "wb") as log:
         proc = subprocess.Popen(
             [chp, "--ip", "127.0.0.1", "--port", str(proxy.port), "--api-ip", "127.0.0.1",

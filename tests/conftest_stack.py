@@ -29,7 +29,7 @@ from booklab_spawner.keys import Keys
 from tests.services import (
     NOTEBOOK_IMAGE,
     artifacts_dir,
-    free_port,
+    free_ports,
     remove_images,
     remove_runner_containers,
     require_docker,
@@ -115,7 +115,7 @@ class Hub:
         self.workdir = workdir
         self.gitlab = gitlab  # the double it logs in with (its requests_log, its data)
         self.starts = 0
-        self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.port, self.hub_port, self.proxy_api_port = free_ports(3)
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id, self.client_secret = "booklab-test", secrets.token_hex(16)
         gitlab.add_oauth_app(self.client_id, self.client_secret,

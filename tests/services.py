@@ -19,9 +19,21 @@ NOTEBOOK_IMAGE = "booklab-test/notebook:latest"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports, held open together while they are picked:
+    picked one at a time, the kernel may hand out the same port twice (a hub once got
+    its proxy API's port for itself and failed to bind)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_for_port(port: int, timeout: float = 20, host: str = "127.0.0.1") -> None:
