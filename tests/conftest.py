@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.conftest_hub",
     "tests.conftest_pages",
     "tests.conftest_mockhub",
+    "tests.conftest_hosts",
 ]
 
 

@@ -229,13 +229,17 @@ class RunnerProcess(Process):
     ``extra``: more command-line options, e.g. ``--slots=4``."""
 
     def __init__(self, runner_id: str, redis_url: str, token: str, work_dir: Path,
-                 *extra: str, key_prefix: str):
+                 *extra: str, key_prefix: str, advertise_host: str = "127.0.0.1",
+                 wrap: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        """``wrap``: a command the runner runs under (e.g. ``nsenter --net=...`` for a
+        runner on another host, tests/netns.py); ``env``: more environment (its
+        ``DOCKER_HOST``)."""
         self.runner_id = runner_id
         self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token}
-        cmd = [str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
-               "--advertise-host=127.0.0.1", f"--work-dir={work_dir}",
+               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token, **(env or {})}
+        cmd = [*wrap, str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
+               f"--advertise-host={advertise_host}", f"--work-dir={work_dir}",
                f"--key-prefix={key_prefix}", "--log-level=DEBUG", *extra]
         super().__init__(f"runner-{runner_id}", cmd, env, work_dir)
 

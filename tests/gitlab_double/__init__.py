@@ -4,7 +4,9 @@ It behaves like GitLab where Booklab depends on it: OAuth2 authorization-code
 flow (with PKCE and refresh-token rotation), the REST v4 calls Booklab and
 oauthenticator make (status codes, error bodies, pagination headers, role
 rules), and real git serving over smart HTTP through `git http-backend`.
-Unknown routes answer 404 JSON. It listens on 127.0.0.1 only.
+Unknown routes answer 404 JSON. It listens on 127.0.0.1 unless started with
+``host=`` a local address that a test's other network namespaces reach
+(``gl.start(host="10.213.7.1")``, see tests/netns.py) — never a public one.
 
 Python API::
 

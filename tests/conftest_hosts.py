@@ -1,0 +1,127 @@
+"""Fixtures for runners on other hosts (tests/netns.py): the hub in the root network
+namespace, runner hosts as namespaces with their own dockerd, and the services the
+runners use — Redis (with a password) and the GitLab double — bound on the bridge
+address, the only address of the hub host a runner host can reach.
+
+    lan          the bridge and two runner hosts (each: namespace, address, dockerd with
+                 the local base image loaded)
+    lan_redis    a redis-server with a password on the bridge address
+    lan_gitlab   the GitLab double on the bridge address, seeded like demo_gitlab
+    lan_hub      the hub: public proxy on 127.0.0.1, API on the bridge address
+                 (hub.connect_url), runners.network bridge, clone through the hub's
+                 git proxy (gitlab.clone_method token)
+    lan_runners  lan_runners(hub) starts one booklab-runner per host, inside its namespace
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest_stack import Hub, RunnerProcess, _dump_on_failure, seed_demo
+from tests.gitlab_double import GitLabDouble
+from tests.netns import Lan
+from tests.services import NOTEBOOK_IMAGE, RedisServer
+
+HS_IMAGE_PREFIX = "booklab-hs/"
+PROXY_TOKEN = secrets.token_hex(16)  # a service allowed to read the hub's route table
+
+
+@pytest.fixture(scope="session")
+def notebook_image_tar(tmp_path_factory, docker_client):
+    """``docker save`` of the local base image, once per session, for every host's load."""
+    tar = tmp_path_factory.mktemp("images") / "notebook.tar"
+    result = subprocess.run(["docker", "save", "-o", str(tar), NOTEBOOK_IMAGE],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"docker save {NOTEBOOK_IMAGE} failed: {result.stderr[:500]}")
+    return tar
+
+
+@pytest.fixture
+def lan(request):
+    try:
+        net = Lan(hosts=2)
+    except RuntimeError as e:
+        pytest.fail(f"cannot build runner hosts: {e}")
+    try:
+        yield net
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for host in net.hosts:
+                print(f"\n===== dockerd of {host.name} ({host.log_path}) =====")
+                print(host.log()[-4000:])
+        net.close()
+
+
+@pytest.fixture
+def lan_redis(lan, tmp_path):
+    server = RedisServer(tmp_path / "lan-redis", host=lan.address,
+                         password=secrets.token_hex(16)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lan_gitlab(lan, tmp_path):
+    gl = GitLabDouble(tmp_path / "lan-gitlab")
+    gl.start(host=lan.address)
+    yield seed_demo(gl)
+    gl.stop()
+
+
+@pytest.fixture
+def lan_hub(lan, lan_gitlab, lan_redis, runner_token, tmp_path, request):
+    hub = Hub(tmp_path / "hub", lan_gitlab, lan_redis.url, runner_token, overrides={
+        "hub": {"hub_ip": lan.address},
+        "gitlab": {"clone_method": "token"},
+        "redis": {"key_prefix": f"hs{secrets.token_hex(3)}:"},
+        "runners": {"network": "bridge", "image_prefix": HS_IMAGE_PREFIX},
+    })
+    hub.api_url = f"http://{lan.address}:{hub.hub_port}"  # as runners and notebooks see it
+    hub.config["hub"]["connect_url"] = hub.api_url
+    hub.extra_config = f"""
+c.JupyterHub.services.append({{"name": "hosts-test", "api_token": {PROXY_TOKEN!r}}})
+c.JupyterHub.load_roles.append({{"name": "hosts-test", "services": ["hosts-test"],
+                                 "scopes": ["proxy"]}})
+"""
+    hub.workdir.mkdir()
+    hub.start()
+    yield hub
+    hub.stop()
+    _dump_on_failure(request, hub.process)
+
+
+@pytest.fixture
+def lan_runners(lan, lan_redis, runner_token, notebook_image_tar, tmp_path, request):
+    """``lan_runners(hub)``: one booklab-runner (1 slot) per runner host, each in its
+    host's namespace with that host's dockerd (the base image loaded into it first);
+    Redis and the hub only over the bridge."""
+    procs: list[RunnerProcess] = []
+
+    def start(hub: Hub) -> list[RunnerProcess]:
+        with ThreadPoolExecutor(len(lan.hosts)) as pool:
+            list(pool.map(lambda host: host.load_image(notebook_image_tar), lan.hosts))
+        for host in lan.hosts:
+            work = tmp_path / f"runner-{host.index}"
+            work.mkdir()
+            proc = RunnerProcess(
+                f"hs-{lan.run_id}-{host.index}", lan_redis.url, runner_token, work,
+                "--slots=1", f"--hub-url={hub.api_url}/hub/",
+                # notebooks reach the hub API and nothing else of the hosts' network
+                f"--notebook-allow={lan.address}:{hub.hub_port}",
+                f"--notebook-deny={lan.network}",
+                key_prefix=hub.key_prefix, advertise_host=host.address,
+                wrap=host.nsenter, env={"DOCKER_HOST": host.docker_host})
+            proc.host = host
+            procs.append(proc)
+        return procs
+
+    yield start
+    for proc in procs:  # their containers and images go with their host's dockerd
+        proc.stop()
+        _dump_on_failure(request, proc)
