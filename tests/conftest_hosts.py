@@ -7,7 +7,7 @@ address, the only address of the hub host a runner host can reach.
                  the local base image loaded)
     lan_redis    a redis-server with a password on the bridge address
     lan_gitlab   the GitLab double on the bridge address, seeded like demo_gitlab
-    lan_hub      the hub: public proxy on 127.0.0.1, API on the bridge address
+    lan_hub      the hub: public proxy (Traefik) on 127.0.0.1, API on the bridge address
                  (hub.connect_url), runners.network bridge, clone through the hub's
                  git proxy (gitlab.clone_method token)
     lan_runners  lan_runners(hub) starts one booklab-runner per host, inside its namespace
@@ -81,6 +81,9 @@ def lan_hub(lan, lan_gitlab, lan_redis, runner_token, tmp_path, request):
         "gitlab": {"clone_method": "token"},
         "redis": {"key_prefix": f"hs{secrets.token_hex(3)}:"},
         "runners": {"network": "bridge", "image_prefix": HS_IMAGE_PREFIX},
+        # Traefik (the default proxy) with an API password the test knows, to ask
+        # Traefik itself where it routes
+        "proxy": {"api_password": secrets.token_hex(16)},
     })
     hub.api_url = f"http://{lan.address}:{hub.hub_port}"  # as runners and notebooks see it
     hub.config["hub"]["connect_url"] = hub.api_url

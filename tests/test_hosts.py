@@ -12,6 +12,7 @@ the container from its own host and leaves the other host's running.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -20,6 +21,7 @@ from docker.errors import NotFound
 
 from tests.conftest_hosts import PROXY_TOKEN
 from tests.conftest_hub import start_server, wait_gone, wait_ready
+from tests.test_traefik import routes as redis_routes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -51,6 +53,23 @@ PROBE = ("import socket, sys\n"
 def probe_from(container, address: str, port: int) -> str:
     _, out = container.exec_run(["python3", "-c", PROBE, address, str(port)])
     return out.decode(errors="replace").strip()
+
+
+def traefik_routes(hub) -> dict[str, list[str]]:
+    """Path prefix -> backend URLs, as Traefik's own API shows what it routes."""
+    api, auth = hub.config["proxy"]["api_url"], ("booklab", hub.config["proxy"]["api_password"])
+    routers = requests.get(f"{api}/api/http/routers", auth=auth, timeout=10).json()
+    services = {s["name"]: s for s in
+                requests.get(f"{api}/api/http/services", auth=auth, timeout=10).json()}
+    found: dict[str, list[str]] = {}
+    for router in routers:
+        prefix = re.search(r"PathPrefix\(`([^`]*)`\)", router.get("rule", ""))
+        name = router["service"]
+        service = services.get(name) or services.get(f"{name}@{router['provider']}") or {}
+        servers = (service.get("loadBalancer") or {}).get("servers") or []
+        if prefix:
+            found[prefix.group(1)] = [server["url"] for server in servers]
+    return found
 
 
 def test_runner_hosts_apart_from_the_hub(lan):
@@ -94,7 +113,7 @@ def test_launches_land_on_both_hosts_and_stop_cleans_the_right_one(
     for proc in runners.values():
         assert r.hget(hub.keys.runner(proc.runner_id), "host") == proc.host.address
 
-    routes = route_table(hub)
+    routes, in_redis, in_traefik = route_table(hub), redis_routes(hub), traefik_routes(hub)
     for name, (job, host) in placed.items():
         other = next(h for h in lan.hosts if h is not host)
         # the container is on that host's dockerd, and not on the other's
@@ -105,7 +124,10 @@ def test_launches_land_on_both_hosts_and_stop_cleans_the_right_one(
         ((_, (port,)),) = container.ports.items()
         assert port["HostIp"] == host.address, container.ports
         assert job["url"] == f"http://{host.address}:{port['HostPort']}"
-        assert routes[f"/user/alice/{name}/"]["target"] == job["url"], routes
+        path = f"/user/alice/{name}/"
+        assert routes[path]["target"] == job["url"], routes  # the hub's view
+        assert in_redis[path]["target"] == job["url"], in_redis  # the route's record
+        assert in_traefik[path] == [job["url"]], in_traefik  # what Traefik serves
         # the notebook reaches the hub API through hub.connect_url (or it never got ready)
         env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
         assert env["JUPYTERHUB_API_URL"] == f"{hub.api_url}/hub/api"
