@@ -321,4 +321,6 @@ def _remove_tree(path: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
         sh("umount", "-l", mount, check=False)
-    shutil.rmtree(path, ignore_errors=True)
+    # rm, not shutil.rmtree: a data root holds image layers of many small files, which
+    # rm removes several times faster
+    sh("rm", "-rf", "--one-file-system", str(path), check=False)

@@ -20,7 +20,7 @@ import requests
 from docker.errors import NotFound
 
 from tests.conftest_hosts import PROXY_TOKEN
-from tests.conftest_hub import start_server, wait_gone, wait_ready
+from tests.conftest_hub import start_server, wait_gone, wait_ready, wait_until
 from tests.test_traefik import routes as redis_routes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -92,8 +92,8 @@ def test_runner_hosts_apart_from_the_hub(lan):
 
 
 def test_launches_land_on_both_hosts_and_stop_cleans_the_right_one(
-        lan, lan_hub, lan_runners, lan_redis):
-    hub = lan_hub
+        lan, make_lan_hub, lan_runners, lan_redis):
+    hub = make_lan_hub()
     runners = {proc.runner_id: proc for proc in lan_runners(hub)}
     session = hub.login("alice", "alice-pw")  # the double's OAuth, on the bridge address
     token = hub.user_token("alice")
@@ -175,3 +175,34 @@ def test_launches_land_on_both_hosts_and_stop_cleans_the_right_one(
     assert containers_of(host_two, job_two["id"]) == []
     assert hub.job_of("alice", "one")["state"] == "stopped"
     assert hub.job_of("alice", "two")["state"] == "stopped"
+
+
+def test_a_deploy_key_clone_goes_over_the_network_to_gitlabs_sshd(
+        lan, make_lan_hub, lan_runners, lan_gitlab):
+    """A Maintainer's launch clones with a read-only deploy key from the runner host:
+    the double's sshd (on the bridge address) sees the connection come from the
+    runner host's own address, and the key is gone once the fetch is over."""
+    gl = lan_gitlab
+    hub = make_lan_hub({"gitlab": {"clone_method": "deploy_key",
+                                   "ssh_known_hosts": gl.known_hosts}})
+    runners = {proc.runner_id: proc for proc in lan_runners(hub)}
+    hub.login("maria", "maria-pw")
+    token = hub.user_token("maria")
+    resp = start_server(hub, "maria", "key", token)
+    assert resp.status_code in (201, 202), resp.text
+    wait_ready(hub, "maria", "key")
+
+    job = hub.job_of("maria", "key")
+    host = runners[job["runner"]].host
+    assert job["clone_method"] == "ssh"
+    assert job["ssh_url"].startswith(f"ssh://git@{lan.address}:")
+    (container,) = containers_of(host, job["id"])
+    assert container.labels["org.booklab.sha"] == gl.demo_sha
+    # sshd logged the runner host's address: the fetch came over the bridge
+    sshd_log = gl.ssh_log()
+    assert f"Connection from {host.address} port" in sshd_log, sshd_log[-2000:]
+    wait_until(lambda: gl.deploy_keys("demo/hello") == [], 60, "deploy key removed")
+
+    assert hub.api("DELETE", "/users/maria/servers/key", token=token).status_code in (202, 204)
+    wait_gone(hub, "maria", "key")
+    assert containers_of(host, job["id"]) == []

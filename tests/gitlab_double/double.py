@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import entities, gitrepo
 from .app import RequestLog, ServerThread, make_app
@@ -249,17 +250,23 @@ class GitLabDouble:
 
     # -- git over SSH (a real sshd; see ssh_server) --------------------------
     def start_ssh(self) -> str:
-        """Start sshd on a free loopback port; returns its known_hosts line.
+        """Start sshd on a free port of the double's own address (127.0.0.1 unless
+        ``start(host=...)`` said otherwise); returns its known_hosts line.
 
-        Afterwards ``ssh_url_to_repo`` is ``ssh://git@127.0.0.1:PORT/<path>.git``.
+        Afterwards ``ssh_url_to_repo`` is ``ssh://git@<that address>:PORT/<path>.git``.
         The data directory must be readable by the system user ``git``.
         """
         from .ssh_server import SshServer
 
         if getattr(self, "_ssh", None) is None:
-            self._ssh = SshServer(self.store, self.url)
+            self._ssh = SshServer(self.store, self.url, urlsplit(self.url).hostname)
             self._ssh.start()
         return self._ssh.known_hosts_line
+
+    def ssh_log(self) -> str:
+        """What sshd logged (LogLevel VERBOSE: each connection's source address)."""
+        ssh = getattr(self, "_ssh", None)
+        return ssh.log() if ssh is not None else ""
 
     def stop_ssh(self) -> None:
         ssh = getattr(self, "_ssh", None)

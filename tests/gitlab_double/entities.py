@@ -148,6 +148,7 @@ def deploy_key(k: DeployKey, can_push: bool) -> dict[str, Any]:
 def ssh_url(store: Store, p: Project) -> str:
     """GitLab's ``ssh_url_to_repo``: the double's sshd once ``start_ssh()`` ran."""
     port = getattr(store, "ssh_port", None)
+    host = getattr(store, "ssh_host", None) or "127.0.0.1"
     if port:
-        return f"ssh://git@127.0.0.1:{port}/{p.full_path}.git"
-    return f"git@127.0.0.1:{p.full_path}.git"
+        return f"ssh://git@{host}:{port}/{p.full_path}.git"
+    return f"git@{host}:{p.full_path}.git"

@@ -40,9 +40,9 @@ class SshServerError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -62,10 +62,11 @@ def _check_readable_by_others(path: Path) -> None:
 
 
 class SshServer:
-    def __init__(self, store: Store, api_url: str):
+    def __init__(self, store: Store, api_url: str, host: str = "127.0.0.1"):
         self.store = store
         self.api_url = api_url
-        self.port = _free_port()
+        self.host = host  # where sshd listens: the double's own address
+        self.port = _free_port(host)
         self.dir = Path(tempfile.mkdtemp(prefix="booklab-gitlab-sshd-"))
         self.proc: subprocess.Popen | None = None
         self.known_hosts_line = ""
@@ -82,13 +83,13 @@ class SshServer:
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
                                      stdout=log, stderr=subprocess.STDOUT)
         self._wait_listening()
-        self.store.ssh_port = self.port  # ssh_url_to_repo now points here
+        self.store.ssh_host, self.store.ssh_port = self.host, self.port  # ssh_url_to_repo
 
     def _write_files(self, git: pwd.struct_passwd) -> None:
         key = self.dir / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitlab-double",
                         "-f", str(key)], check=True, capture_output=True)
-        self.known_hosts_line = (f"[127.0.0.1]:{self.port} "
+        self.known_hosts_line = (f"[{self.host}]:{self.port} "
                                  + " ".join(key.with_suffix(".pub").read_text().split()[:2]))
         self.store.internal_secret = secrets.token_hex(32)
         secret_file = self.dir / "shared_secret"
@@ -103,7 +104,7 @@ class SshServer:
     def _config(self, shell: Path, secret_file: Path) -> str:
         return f"""\
 Port {self.port}
-ListenAddress 127.0.0.1
+ListenAddress {self.host}
 HostKey {self.dir}/ssh_host_ed25519_key
 PidFile none
 UsePAM no
@@ -131,7 +132,7 @@ LogLevel VERBOSE
             if self.proc and self.proc.poll() is not None:
                 raise SshServerError("sshd exited:\n" + self.log()[-2000:])
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
