@@ -173,6 +173,9 @@ def test_launches_land_on_both_hosts_and_stop_cleans_the_right_one(
     assert resp.status_code in (202, 204), resp.text
     wait_gone(hub, "alice", "two")
     assert containers_of(host_two, job_two["id"]) == []
+    # started before the hub's first launch, as on a fresh installation: no error
+    for proc in runners.values():
+        assert " ERROR " not in proc.output(), proc.output()[-3000:]
     assert hub.job_of("alice", "one")["state"] == "stopped"
     assert hub.job_of("alice", "two")["state"] == "stopped"
 

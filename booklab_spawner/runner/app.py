@@ -108,6 +108,9 @@ class Runner:
         try:
             if (await self.conf()).network == "bridge" and self.launcher.network:
                 await self.launcher.network.ensure()
+        except RunnerUnavailable:  # a fresh hub: it publishes conf with its first launch
+            log.info("no hub configuration in Redis yet: the notebook network is set up "
+                     "at the first bridge launch")
         except Exception as e:  # every bridge launch tries again and says why
             log.error("notebook network not ready: %s", e)
 
