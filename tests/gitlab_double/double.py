@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import entities, gitrepo
-from .app import RequestLog, ServerThread, make_app
+from .app import RequestLog, ServerThread, Timings, make_app
 from .oauth import token_response
 from .store import (
     ACCESS_LEVELS,
@@ -45,12 +45,14 @@ class GitLabDouble:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir)
         self.requests_log: RequestLog = []
+        self.timings: Timings = []  # when each logged request arrived and was answered
         self._server: ServerThread | None = None
 
     # -- server -----------------------------------------------------------
     def start(self, port: int = 0) -> None:
         """Serve on 127.0.0.1 (a free port unless given) from a background thread."""
-        self._server = ServerThread(lambda: make_app(self.store, self.requests_log), port)
+        self._server = ServerThread(
+            lambda: make_app(self.store, self.requests_log, self.timings), port)
         self.store.base_url = f"http://127.0.0.1:{self._server.port}"
         self._server.start()
 
@@ -59,6 +61,17 @@ class GitLabDouble:
         if not self.store.base_url:
             raise RuntimeError("GitLabDouble.start() was not called")
         return self.store.base_url
+
+    @property
+    def latency(self) -> float:
+        """Seconds every REST, OAuth and git-over-HTTP answer waits (0: none), as a
+        GitLab over a network would; an SSH connection waits it twice (sshd's key lookup and
+        the shell's access check, GitLab Shell's two calls)."""
+        return self.store.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.store.latency = float(seconds)
 
     def hold(self) -> Callable[[], None]:
         """Hold every request, as a slow GitLab would, until the returned function is
