@@ -129,7 +129,7 @@ c.JupyterHub.load_roles.append({{"name": "hosts-test", "services": ["hosts-test"
 
 
 @pytest.fixture
-def lan_runners(lan, lan_redis, runner_token, tmp_path, request):
+def lan_runners(lan, lan_redis, lan_gitlab, runner_token, tmp_path, request):
     """``lan_runners(hub)``: one booklab-runner (1 slot) per runner host, each in its
     host's namespace with that host's dockerd; Redis and the hub only over the bridge."""
     procs: list[RunnerProcess] = []
@@ -141,7 +141,8 @@ def lan_runners(lan, lan_redis, runner_token, tmp_path, request):
             work.mkdir()
             proc = RunnerProcess(
                 f"hs-{run}-{host.index}", lan_redis.url, runner_token, work,
-                "--slots=1", f"--hub-url={hub.api_url}/hub/",
+                # where credentials may go: the runner's own settings, not Redis's
+                "--slots=1", f"--hub-url={hub.api_url}/hub/", f"--gitlab-url={lan_gitlab.url}",
                 # notebooks reach the hub API and nothing else of the hosts' network
                 f"--notebook-allow={lan.address}:{hub.hub_port}",
                 f"--notebook-deny={lan.network}",

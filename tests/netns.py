@@ -13,7 +13,7 @@ Names, for run id ``R`` (6 hex digits, fresh per :class:`Lan`) and host ``k``::
     bridge   bkhR                  10.213.N.1/24 in the root namespace
     netns    bkhR-k                eth0 10.213.N.(10+k)/24, lo up
     veth     bkhRvk                the root end of host k's eth0, on the bridge
-    state    /run/booklab-hosts/R/ owner (pid), net, hk/{docker.sock,dockerd.pid,exec/}
+    state    /run/booklab-hosts/R/ owner (pid, start time), net, hk/{docker.sock,...}
     data     /var/lib/booklab-hosts/R/hk   host k's dockerd --data-root
 
 The dockerd is started with ``nsenter --net=/var/run/netns/bkhR-k dockerd ...``:
@@ -26,7 +26,8 @@ chains live in that namespace too and go with it.
 Nothing here survives the run: :meth:`Lan.close` stops the dockerds (which stop
 their containers), kills what is left in each namespace, deletes namespaces,
 veths and the bridge, unmounts and removes the state and data directories.
-A run that crashed leaves its state directory behind with a dead owner pid:
+A run that crashed leaves its state directory behind with a dead owner (pid and
+start time, so a reused pid does not count):
 :func:`clean_stale` (called by every new :class:`Lan`) tears such runs down
 by the same steps, and also removes ``bkh*`` namespaces and links of runs that
 have no state directory at all. Runs whose owner lives are left alone, so two
@@ -165,7 +166,7 @@ class Lan:
         with _lock():
             self.network = _free_network()
             self.state.mkdir(parents=True)
-            (self.state / "owner").write_text(str(os.getpid()))
+            (self.state / "owner").write_text(_process_id(os.getpid()))
             (self.state / "net").write_text(str(self.network))
         self.address = str(self.network.network_address + 1)  # the hub host's address
         self.hosts = [Host(self, k) for k in range(1, hosts + 1)]
@@ -225,18 +226,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _owner(run_dir: Path) -> int:
+def _process_id(pid: int) -> str:
+    """``pid`` and its start time: a pid that the kernel reused is another process."""
     try:
-        return int((run_dir / "owner").read_text())
-    except (OSError, ValueError):
-        return 0
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"  # field 22: starttime
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    try:
+        owner = (run_dir / "owner").read_text().strip()
+        pid = int(owner.split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return _process_id(pid) == owner
 
 
 def clean_stale() -> None:
     """Tear down every earlier run whose owner process is gone (a crashed session)."""
     if STATE.exists():
         for run_dir in STATE.iterdir():
-            if run_dir.is_dir() and not _alive(_owner(run_dir)):
+            if run_dir.is_dir() and not _owner_alive(run_dir):
                 teardown(run_dir.name)
     live = {d.name for d in STATE.iterdir() if d.is_dir()} if STATE.exists() else set()
     for ns in sh("ip", "netns", "list").stdout.split("\n"):
