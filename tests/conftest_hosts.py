@@ -131,7 +131,12 @@ c.JupyterHub.load_roles.append({{"name": "hosts-test", "services": ["hosts-test"
 @pytest.fixture
 def lan_runners(lan, lan_redis, lan_gitlab, runner_token, tmp_path, request):
     """``lan_runners(hub)``: one booklab-runner (1 slot) per runner host, each in its
-    host's namespace with that host's dockerd; Redis and the hub only over the bridge."""
+    host's namespace with that host's dockerd; Redis and the hub only over the bridge.
+
+    Host 1's runner is told the hub's and GitLab's URLs (``--hub-url``,
+    ``--gitlab-url``, as docs/deploy.md recommends); host 2's takes both from the
+    conf the hub publishes (its ``hub_url`` is ``hub.connect_url``), so both ways
+    are walked by every launch that lands there."""
     procs: list[RunnerProcess] = []
     run = secrets.token_hex(3)
 
@@ -139,10 +144,10 @@ def lan_runners(lan, lan_redis, lan_gitlab, runner_token, tmp_path, request):
         for host in lan.hosts:
             work = tmp_path / f"runner-{host.index}"
             work.mkdir()
+            told = (f"--hub-url={hub.api_url}/hub/", f"--gitlab-url={lan_gitlab.url}")
             proc = RunnerProcess(
                 f"hs-{run}-{host.index}", lan_redis.url, runner_token, work,
-                # where credentials may go: the runner's own settings, not Redis's
-                "--slots=1", f"--hub-url={hub.api_url}/hub/", f"--gitlab-url={lan_gitlab.url}",
+                "--slots=1", *(told if host.index == 1 else ()),
                 # notebooks reach the hub API and nothing else of the hosts' network
                 f"--notebook-allow={lan.address}:{hub.hub_port}",
                 f"--notebook-deny={lan.network}",
