@@ -77,7 +77,6 @@ def test_runner_hosts_apart_from_the_hub(lan):
     host only over the bridge, the hub host's loopback not at all."""
     a, b = lan.hosts
     assert a.client.info()["DockerRootDir"] != b.client.info()["DockerRootDir"]
-    probe = PROBE
     # one service of the hub host, on its loopback and on the bridge (a fresh address:
     # nothing else listens on it, so the loopback's free port is free there too)
     with socket.socket() as lan_srv, socket.socket() as lo_srv:
@@ -86,8 +85,8 @@ def test_runner_hosts_apart_from_the_hub(lan):
         lan_srv.listen()
         lo_srv.listen()
         port = str(lan_srv.getsockname()[1])
-        assert a.run("python3", "-c", probe, lan.address, port).stdout.strip() == "open"
-        assert a.run("python3", "-c", probe, "127.0.0.1", port).stdout.strip() == \
+        assert a.run("python3", "-c", PROBE, lan.address, port).stdout.strip() == "open"
+        assert a.run("python3", "-c", PROBE, "127.0.0.1", port).stdout.strip() == \
             "ConnectionRefusedError"
 
 
