@@ -47,7 +47,7 @@ from tests.conftest_stack import (
 from tests.gitlab_double import GitLabDouble
 from tests.services import RedisServer, free_ports, remove_images, remove_runner_containers
 
-POLL = 0.01  # s between checks, the same for both sides
+POLL = 0.05  # s between checks, the same for both sides (faster loads the hubs)
 SPAWNER_CONFIG = """
 from dockerspawner import DockerSpawner
 
