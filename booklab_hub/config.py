@@ -245,6 +245,9 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.hub_port = s["hub.hub_port"]
     if s["hub.connect_url"]:
         c.JupyterHub.hub_connect_url = s["hub.connect_url"]
+        # With hub_ip 0.0.0.0 JupyterHub would bind to connect_url's address (Hub.bind_url
+        # defaults to it), which is another machine's, or a published port's, in compose
+        c.JupyterHub.hub_bind_url = f"http://{_url_host(s['hub.hub_ip'])}:{s['hub.hub_port']}"
     c.JupyterHub.db_url = s["hub.db_url"]
     c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
     c.JupyterHub.authenticator_class = "booklab-gitlab"
@@ -293,6 +296,11 @@ def apply(c: Any, s: dict[str, Any]) -> None:
         sp.mem_limit = s["runners.mem_limit"]
     if s["runners.cpu_limit"]:
         sp.cpu_limit = s["runners.cpu_limit"]
+
+
+def _url_host(ip: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def check_crypt_key(environ: dict[str, str] | None = None) -> None:
