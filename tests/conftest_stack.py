@@ -115,8 +115,11 @@ class Hub:
         self.workdir = workdir
         self.gitlab = gitlab  # the double it logs in with (its requests_log, its data)
         self.starts = 0
-        self.port, self.hub_port, self.proxy_api_port = free_ports(3)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.hub_port, self.proxy_api_port, self.traefik_api_port = free_ports(4)
+        # HTTPS when the test gives the proxy a certificate: requests then trust it alone
+        cert = ((overrides or {}).get("proxy") or {}).get("tls_cert")
+        self.verify: str | bool = cert or True
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self.client_id, self.client_secret = "booklab-test", secrets.token_hex(16)
         gitlab.add_oauth_app(self.client_id, self.client_secret,
                              redirect_uri=f"{self.url}/hub/oauth_callback",
@@ -128,6 +131,8 @@ class Hub:
             "gitlab": {"url": gitlab.url, "client_id": self.client_id, "allow_all": True},
             # a prefix per hub: no test sees another test's (or test run's) keys
             "redis": {"url": redis_url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
+            # Traefik through Redis, as deployed; its API on a port of this hub's own
+            "proxy": {"api_url": f"http://127.0.0.1:{self.traefik_api_port}"},
             "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
                         "start_timeout": 600},
         }
@@ -168,7 +173,8 @@ c.JupyterHub.log_level = "DEBUG"
             if self.process.proc.poll() is not None:
                 raise RuntimeError("the hub exited:\n" + self.process.output()[-4000:])
             try:
-                if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/hub/api", timeout=2,
+                                verify=self.verify).status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass
@@ -186,12 +192,15 @@ c.JupyterHub.log_level = "DEBUG"
         return self.start()
 
     def api(self, method: str, path: str, token: str = SERVICE_TOKEN, **kw) -> requests.Response:
+        kw.setdefault("verify", self.verify)
         return requests.request(method, f"{self.url}/hub/api{path}",
                                 headers={"Authorization": f"token {token}"}, timeout=30, **kw)
 
     def login(self, username: str, password: str) -> requests.Session:
         """The OAuth redirect flow, as a browser would follow it."""
         s = requests.Session()
+        s.verify = self.verify
+        s.trust_env = False  # else $REQUESTS_CA_BUNDLE wins over s.verify
         r = s.get(f"{self.url}/hub/oauth_login", timeout=30)
         assert "/users/sign_in" in r.url, r.url
         r = s.post(r.url, data={"username": username, "password": password, "commit": "Sign in"},

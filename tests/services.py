@@ -50,7 +50,7 @@ def wait_for_port(port: int, timeout: float = 20, host: str = "127.0.0.1") -> No
 class RedisServer:
     """A real redis-server on a free loopback port, in its own directory."""
 
-    def __init__(self, workdir: Path, appendonly: bool = False):
+    def __init__(self, workdir: Path, appendonly: bool = False, password: str = ""):
         binary = shutil.which("redis-server")
         if not binary:
             pytest.fail("redis-server is not installed: run scripts/test.sh (it installs it)")
@@ -60,15 +60,23 @@ class RedisServer:
         self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "yes" if appendonly else "no", "--dir", str(workdir),
                     "--notify-keyspace-events", "KEA"]
+        self.password = password
+        if password:  # in a config file on stdin: not on the command line, which ps shows
+            self.cmd.append("-")
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         log = open(self.workdir / "redis.log", "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.PIPE if self.password else None)
+        if self.password:
+            self.proc.stdin.write(f"requirepass {self.password}\n".encode())
+            self.proc.stdin.close()
         wait_for_port(self.port)
         return self
 

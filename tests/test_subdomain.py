@@ -1,4 +1,4 @@
-"""``hub.subdomain_host``: a launch on the real stack (hub + CHP with host routing, a
+"""``hub.subdomain_host``: a launch on the real stack (hub + Traefik with Host rules, a
 runner, Docker, Chromium) serves the notebook from the person's own host
 (``alice.hub.localhost``), never from the hub's origin, and Booklab's pages,
 links and redirects follow it there."""
