@@ -22,6 +22,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,8 +100,10 @@ class Compose:
                *[a for f in COMPOSE_FILES for a in ("-f", str(f))], "--profile", "runner",
                *args]
         env = {k: os.environ[k] for k in ("PATH", "HOME", "DOCKER_HOST") if k in os.environ}
+        t0 = time.monotonic()
         out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=timeout)
+        print(f"docker compose {' '.join(args)}: {time.monotonic() - t0:.1f} s")
         if check and out.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({out.returncode}):\n"
                                  f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
