@@ -91,9 +91,10 @@ SETTINGS: list[Setting] = [
     Setting("hub.hub_ip", str, "127.0.0.1",
             "Address the hub's own API listens on (notebooks must reach it)."),
     Setting("hub.hub_port", int, 8081, "Port of the hub's own API."),
-    Setting("hub.connect_url", str, "", "URL at which notebook containers reach the hub "
-            "API, e.g. http://10.0.0.2:8081 (default: built from hub_ip/hub_port).",
-            check=_opt_url),
+    Setting("hub.connect_url", str, "", "URL at which notebook containers (and, with "
+            "Traefik, the proxy) reach the hub API, e.g. http://10.0.0.2:8081 (default: "
+            "built from hub_ip/hub_port). docker compose sets it from .env.",
+            env="BOOKLAB_HUB_CONNECT_URL", check=_opt_url),
     Setting("hub.subdomain_host", str, "", "Serve each person's notebooks on their own "
             "host, <user>.<domain>, e.g. https://hub.example.org gives "
             "https://alice.hub.example.org/user/alice/...; needs a wildcard DNS record and "
@@ -180,8 +181,9 @@ SETTINGS: list[Setting] = [
     Setting("redis.url", str, DEFAULT_REDIS_URL, "Redis shared with the runners; "
             "put Redis behind a password: redis://:PASSWORD@host:6379/0.",
             env=REDIS_URL_ENV, check=_redis_url, secret=True),
-    Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
-            check=_prefix),
+    Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis "
+            "(runners and Traefik use the same; docker compose sets it from .env for all "
+            "three).", env="BOOKLAB_REDIS_KEY_PREFIX", check=_prefix),
     Setting("runners.token", str, "", "Secret shared with the runners (at least 32 "
             "characters); keys derived from it encrypt job secrets and sign what hub and "
             "runners act on in Redis (conf, jobs, notebook URLs).",

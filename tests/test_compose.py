@@ -55,7 +55,7 @@ HERE = REPO / "tests" / "compose"
 COMPOSE_FILES = [REPO / "docker-compose.yml", HERE / "docker-compose.test.yml"]
 BUILD_SH = HERE / "build.sh"
 LAB_TIMEOUT = 300_000  # ms: a first build of the demo image on a shared machine
-KEY_PREFIX = "booklab:"
+KEY_PREFIX = "bl-compose:"  # not the default: .env must carry it to all three
 
 
 def free_subnet(client) -> ipaddress.IPv4Network:
@@ -128,11 +128,10 @@ def stack(tmp_path, request):
     redis_password = secrets.token_hex(32)
 
     config = {
+        # connect_url, the Redis URL and key prefix, secrets: from .env via the compose file
         "hub": {"ip": "0.0.0.0", "port": 8000, "hub_ip": "0.0.0.0", "hub_port": 8081,
-                "connect_url": f"http://{gateway}:{hub_api_port}", "admin_users": ["admin"],
-                "data_dir": "/srv/booklab"},
+                "admin_users": ["admin"], "data_dir": "/srv/booklab"},
         "gitlab": {"allow_all": True, "callback_url": f"{public}/hub/oauth_callback"},
-        "redis": {"key_prefix": KEY_PREFIX},
         "proxy": {"kind": "traefik", "start": False, "api_url": "http://traefik:8099"},
         "runners": {"network": "bridge", "image_prefix": image_prefix, "start_timeout": 600},
     }

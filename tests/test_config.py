@@ -201,3 +201,18 @@ def test_hub_binds_hub_ip_while_announcing_connect_url(tmp_path, hub_ip, bound):
     h.connect_url = c.JupyterHub.hub_connect_url + "/hub/"
     assert (h.ip, h.port) == (bound, 8081)
     assert h.host == "http://192.0.2.7:18081"
+
+
+def test_connect_url_and_key_prefix_come_from_the_environment_as_compose_sets_them(
+        tmp_path):
+    """docker compose hands the hub the values Traefik and the runners share with it
+    (.env is their one owner); the variable wins over config.yml."""
+    data = {**GOOD, "hub": {"connect_url": "http://10.0.0.9:8081"},
+            "redis": {"key_prefix": "file:"}}
+    env = {"BOOKLAB_HUB_CONNECT_URL": "http://192.0.2.7:18081",
+           "BOOKLAB_REDIS_KEY_PREFIX": "bl-compose:"}
+    s = load(write(tmp_path, data), environ=env)
+    assert s["hub.connect_url"] == "http://192.0.2.7:18081"
+    assert s["redis.key_prefix"] == "bl-compose:"
+    with pytest.raises(ConfigError, match=r"hub.connect_url \(or \$BOOKLAB_HUB_CONNECT_URL\)"):
+        load(write(tmp_path, GOOD), environ={"BOOKLAB_HUB_CONNECT_URL": "10.0.0.9:8081"})
