@@ -72,16 +72,13 @@ def free_subnet(client) -> ipaddress.IPv4Network:
     raise AssertionError("no free /24 under 10.232.0.0/16")
 
 
-def test_images() -> dict[str, str]:
+def compose_images() -> dict[str, str]:
     """tests/compose/build.sh: the images' names and contexts (fetched on the host)."""
     out = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True,
                          env={**os.environ, "PYTHON": sys.executable}, timeout=1200)
     if out.returncode != 0:
         pytest.fail(f"tests/compose/build.sh failed:\n{out.stderr[-4000:]}")
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-
-
-test_images.__test__ = False  # a helper, not a test
 
 
 class Compose:
@@ -114,7 +111,7 @@ class Compose:
 def stack(tmp_path, request):
     client = require_docker()
     require_image(client)  # the demo repository's FROM
-    images = test_images()
+    images = compose_images()
 
     net = free_subnet(client)
     gateway = str(net.network_address + 1)
