@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import gitlab
 
-from .exceptions import GitLabError
+from . import validate as check
+from .exceptions import GitLabError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,13 @@ class GitLabClient:
                            "cannot read it") as gl:
             return gl.projects.get(path, **_READ).asdict()
 
-    async def commit(self, project_id: int | str, ref: str) -> dict:
-        return await asyncio.to_thread(self._commit, project_id, ref)
+    async def commit(self, project: int | str, ref: str) -> dict:
+        """The commit ``ref`` names in ``project``: a numeric id, or a full path (so
+        that a launch asks for project and commit at once)."""
+        return await asyncio.to_thread(self._commit, project, ref)
 
-    def _commit(self, project_id: int | str, ref: str) -> dict:
-        pid = _pid(project_id)
+    def _commit(self, project: int | str, ref: str) -> dict:
+        pid = _pid_or_path(project)
         with self._session(f"Branch, tag or commit {ref!r} not found") as gl:
             return gl.projects.get(pid, lazy=True).commits.get(ref, **_READ).asdict()
 
@@ -168,6 +171,16 @@ def _pid(value: int | str, what: str = "project") -> int:
     if not _NUMERIC_ID.fullmatch(text):
         raise GitLabError(f"Not a GitLab {what} id", 0)
     return int(text)
+
+
+def _pid_or_path(value: int | str) -> int | str:
+    """A numeric id, or a project's full path as the launch validated it."""
+    if _NUMERIC_ID.fullmatch(str(value)):
+        return int(value)
+    try:
+        return check.project_path(value)
+    except InvalidInput:
+        raise GitLabError("Not a GitLab project id or path", 0) from None
 
 
 def _first(listing, limit: int) -> list[dict]:

@@ -105,3 +105,23 @@ async def test_gitlab_decides_what_a_user_may_launch(inproc_hub):
         assert await hub.spawn_error(user, "one", options) == (status, message), user
         assert await hub.jobs(user) == [] and await hub.store.queued() == [], user
         assert hub.gitlab.deploy_keys("demo/hello") == [], user
+
+
+async def test_the_permission_check_asks_gitlab_for_project_and_commit_at_once(inproc_hub):
+    """Two round trips to GitLab in the time of one: with a GitLab that takes 0.3 s per
+    answer, the commit request arrives before the project's answer has left."""
+    hub = await inproc_hub()
+    await hub.login("alice")
+    hub.gitlab.latency = 0.3
+    try:
+        request, job = await hub.launch("alice", "at-once", {"project": "demo/hello",
+                                                              "ref": "main"})
+    finally:
+        hub.gitlab.latency = 0
+    assert job["sha"] == hub.gitlab.demo_sha
+    await hub.end_launch(request, job["id"])
+    project = quote("demo/hello", safe="")
+    calls = {path: (arrived, answered) for _, path, arrived, answered in hub.gitlab.timings}
+    p = calls[f"/api/v4/projects/{project}"]
+    c = calls[f"/api/v4/projects/{project}/repository/commits/main"]
+    assert c[0] < p[1] and p[0] < c[1], (p, c)  # the two were in flight together

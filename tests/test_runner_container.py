@@ -92,3 +92,19 @@ async def test_bridge_container_has_labels_limits_and_a_port_on_the_advertised_a
     assert (await launcher.stop(job_id))["state"] == "stopped"
     with pytest.raises(NotFound):
         rt_docker.containers.get(job["container"])
+
+
+async def test_a_notebook_that_dies_before_listening_fails_the_launch_with_its_output(
+        launcher, rt_runners, rt_docker, demo_project):
+    """The runner's readiness wait ends on the container's death (the exit watcher's
+    event), not at the start timeout: the job fails with the code and last lines."""
+    rt_runners.start("early-exit")
+    script = "import sys\nprint('cannot import jupyterhub', flush=True)\nsys.exit(5)\n"
+    job_id = await launcher.launch("demo/hello", demo_project.commit("demo/hello", "main", {}),
+                                   cmd=["python3", "-c", script])
+    job = await launcher.wait_state(job_id, ("failed", "stopped", "running"))
+    assert job["state"] == "failed", job
+    assert job["error"] == "The notebook server exited with code 5 while starting"
+    log = await launcher.log_text(job_id)
+    assert "cannot import jupyterhub" in log
+    assert "did not start within" not in log

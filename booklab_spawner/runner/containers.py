@@ -47,6 +47,7 @@ LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
 LABEL_RUNNER = LABEL_PREFIX + "runner"
 LAST_LINES = 20  # lines of a container's output kept when it exits
+READY_EVERY = 0.005  # s between connects while a notebook server starts
 # threads for docker-py calls, whatever the slots: every call is short (the longest is a
 # stop's grace period); the Docker client keeps one more connection, for the event stream
 DOCKER_THREADS = 8
@@ -172,32 +173,31 @@ class Launcher:
         }
 
     async def wait_listening(self, container_id: str, url: str, timeout: float) -> None:
-        """Until the notebook accepts TCP connections; fail early if it exits, and after
-        ``timeout`` seconds (the hub's ``container_start_timeout``, from conf).
+        """Until the notebook accepts TCP connections; fail as soon as it dies (the exit
+        watcher's event), and after ``timeout`` seconds (the hub's
+        ``container_start_timeout``, from conf).
 
-        With a published port, Docker's proxy accepts connections on the host
-        port before anything listens inside, so the check then goes to the
-        container's own address on the bridge network.
+        The check is a connect every ``READY_EVERY`` seconds on the event loop (a
+        refused local connect costs microseconds, no thread and no Docker call), so
+        the launch is reported within a few ms of the port opening. With a published
+        port, Docker's proxy accepts connections on the host port before anything
+        listens inside, so the check goes to the container's own address on the
+        bridge network.
         """
         host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
         target = await self._inner_address(container_id, int(port)) or (host, int(port))
+        died = asyncio.ensure_future(self.exits.wait(container_id))
         deadline = time.monotonic() + timeout
-        delay = 0.05
-        while time.monotonic() < deadline:
-            if await asyncio.to_thread(_can_connect, *target):  # not Docker: not its pool
-                return
-            status = await self.status(container_id)
-            if status not in ("created", "running"):
-                info = await self.exit_info(container_id)
-                raise ContainerExited(exit_message(info, "while starting"), info)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        # worded as the hub's own timeout for this phase: whichever notices first, users
-        # read the same message
-        raise LaunchFailed(f"The notebook server did not start within the container start "
-                           f"timeout ({timeout:g} s): nothing listened on port {port}; check "
-                           "the build log for errors of jupyterhub-singleuser, or ask the "
-                           "hub's operator to raise runners.container_start_timeout")
+        try:
+            while not await _connects(*target):
+                if died.done():
+                    info = await self.exit_info(container_id, died.result())
+                    raise ContainerExited(exit_message(info, "while starting"), info)
+                if time.monotonic() > deadline:
+                    raise LaunchFailed(_start_timeout_message(timeout, port))
+                await asyncio.wait({died}, timeout=READY_EVERY)
+        finally:
+            died.cancel()
 
     async def _inner_address(self, container_id: str, host_port: int) -> tuple[str, int] | None:
         """(container IP, container port) behind a published ``host_port``, if any."""
@@ -364,6 +364,24 @@ def _free_port(host: str) -> int:
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _start_timeout_message(timeout: float, port: str) -> str:
+    # worded as the hub's own timeout for this phase: whichever notices first, users
+    # read the same message
+    return (f"The notebook server did not start within the container start timeout "
+            f"({timeout:g} s): nothing listened on port {port}; check the build log for "
+            "errors of jupyterhub-singleuser, or ask the hub's operator to raise "
+            "runners.container_start_timeout")
+
+
+async def _connects(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 def _can_connect(host: str, port: int) -> bool:

@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8929)
     parser.add_argument("--data-dir", help="where bare repositories live (default: a temp dir)")
     parser.add_argument("--seed", help="JSON seed file (format: see the package docstring)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds every answer waits, as a GitLab over a network (0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="gitlab-double-")
     gl = GitLabDouble(data_dir)
     gl.start(port=args.port)
+    gl.latency = args.latency
     if args.seed:
         load_seed(gl, args.seed)
     done = threading.Event()

@@ -23,7 +23,8 @@ _DENIED = ("The project you were looking for could not be found or "
 
 
 class InternalHandler(BaseHandler):
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await super().prepare()  # the latency: sshd asks these over the network too
         secret = getattr(self.store, "internal_secret", "")
         given = self.request.headers.get("Gitlab-Shared-Secret", "")
         if not secret:

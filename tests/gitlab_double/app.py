@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from tornado.httpserver import HTTPServer
@@ -16,13 +17,19 @@ from .store import Store
 from .web import NotFoundHandler
 
 RequestLog = list[tuple[str, str, int]]
+# (method, path, arrived, answered): wall-clock seconds, for telling overlapping calls
+Timings = list[tuple[str, str, float, float]]
 
 
-def make_app(store: Store, requests_log: RequestLog) -> Application:
+def make_app(store: Store, requests_log: RequestLog, timings: Timings | None = None
+             ) -> Application:
     def log_request(handler: RequestHandler) -> None:
         # The path only: query strings may carry tokens, codes or secrets.
-        requests_log.append((handler.request.method or "", handler.request.path,
-                             handler.get_status()))
+        method, path = handler.request.method or "", handler.request.path
+        requests_log.append((method, path, handler.get_status()))
+        if timings is not None:
+            answered = time.time()
+            timings.append((method, path, answered - handler.request.request_time(), answered))
 
     handlers = [*oauth.HANDLERS, *api.HANDLERS, *api_repo.HANDLERS, *git_http.HANDLERS]
     return Application(handlers, store=store, default_handler_class=NotFoundHandler,

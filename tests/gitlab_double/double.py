@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import entities, gitrepo
-from .app import RequestLog, ServerThread, make_app
+from .app import RequestLog, ServerThread, Timings, make_app
 from .oauth import token_response
 from .store import (
     ACCESS_LEVELS,
@@ -45,6 +45,7 @@ class GitLabDouble:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir)
         self.requests_log: RequestLog = []
+        self.timings: Timings = []  # when each logged request arrived and was answered
         self._server: ServerThread | None = None
 
     # -- server -----------------------------------------------------------
@@ -52,8 +53,8 @@ class GitLabDouble:
         """Serve on ``host`` (a free port unless given) from a background thread:
         127.0.0.1, or a local address that other network namespaces reach (a test's
         bridge, tests/netns.py), never a public interface."""
-        self._server = ServerThread(lambda: make_app(self.store, self.requests_log), port,
-                                    host)
+        self._server = ServerThread(
+            lambda: make_app(self.store, self.requests_log, self.timings), port, host)
         self.store.base_url = f"http://{host}:{self._server.port}"
         self._server.start()
 
@@ -62,6 +63,17 @@ class GitLabDouble:
         if not self.store.base_url:
             raise RuntimeError("GitLabDouble.start() was not called")
         return self.store.base_url
+
+    @property
+    def latency(self) -> float:
+        """Seconds every REST, OAuth and git-over-HTTP answer waits (0: none), as a
+        GitLab over a network would; an SSH connection waits it twice (sshd's key lookup and
+        the shell's access check, GitLab Shell's two calls)."""
+        return self.store.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.store.latency = float(seconds)
 
     def hold(self) -> Callable[[], None]:
         """Hold every request, as a slow GitLab would, until the returned function is

@@ -144,6 +144,8 @@ class Store:
         # GitLab behind a reverse proxy that rewrites Host: its pagination Link
         # header then names that host (python-gitlab's keep_base_url exists for it)
         self.link_host: str | None = None
+        # seconds every REST, OAuth and git-over-HTTP answer waits: GitLab over a network
+        self.latency = 0.0
         self.lock = threading.RLock()
         self._ids = {k: itertools.count(1) for k in ("user", "ns", "project", "app", "key")}
         self.users: dict[int, User] = {}

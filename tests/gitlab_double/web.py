@@ -3,6 +3,7 @@ GitLab's offset pagination headers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -49,6 +50,10 @@ class BaseHandler(RequestHandler):
 
     def check_xsrf_cookie(self) -> None:  # API clients send no XSRF token
         return
+
+    async def prepare(self) -> None:
+        if self.store.latency:  # a round trip to a GitLab elsewhere (Store.latency)
+            await asyncio.sleep(self.store.latency)
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
