@@ -33,6 +33,7 @@ import requests
 import yaml
 from playwright.sync_api import expect
 
+from booklab_spawner.keys import Keys
 from booklab_spawner.runner.network import NotebookNetwork
 from tests.conftest_pages import browser_login, save_screenshot
 from tests.conftest_stack import seed_demo
@@ -52,7 +53,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "tests" / "compose"
-COMPOSE_FILES = [REPO / "docker-compose.yml", HERE / "docker-compose.test.yml"]
+HUB_NODE = [REPO / "docker-compose.yml", HERE / "docker-compose.test.yml"]
+WORKER_NODE = [REPO / "docker-compose.runner.yml", HERE / "docker-compose.runner.test.yml"]
 BUILD_SH = HERE / "build.sh"
 LAB_TIMEOUT = 300_000  # ms: a first build of the demo image on a shared machine
 KEY_PREFIX = "bl-compose:"  # not the default: .env must carry it to all three
@@ -85,8 +87,11 @@ class Compose:
     """`docker compose` on the shipped file + the test override, one project, its own
     .env; the calling environment is left out so that nothing of it leaks in."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]):
+    def __init__(self, workdir: Path, env: dict[str, str], files: list[Path],
+                 *options: str):
         self.project = f"blc{secrets.token_hex(4)}"
+        self.files, self.options = files, options
+        workdir.mkdir(exist_ok=True)
         self.env_file = workdir / ".env"
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         self.env_file.chmod(0o600)
@@ -94,8 +99,7 @@ class Compose:
     def __call__(self, *args: str, check: bool = True, timeout: float = 900
                  ) -> subprocess.CompletedProcess:
         cmd = ["docker", "compose", "--env-file", str(self.env_file), "-p", self.project,
-               *[a for f in COMPOSE_FILES for a in ("-f", str(f))], "--profile", "runner",
-               *args]
+               *[a for f in self.files for a in ("-f", str(f))], *self.options, *args]
         env = {k: os.environ[k] for k in ("PATH", "HOME", "DOCKER_HOST") if k in os.environ}
         t0 = time.monotonic()
         out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
@@ -135,24 +139,33 @@ def stack(tmp_path, request):
     config_file = tmp_path / "config.yml"
     config_file.write_text(yaml.safe_dump(config))
     config_file.chmod(0o644)  # the hub reads it as uid 1000
-    compose = Compose(tmp_path, {
+    secret = {k: secrets.token_hex(32) for k in ("JUPYTERHUB_CRYPT_KEY", "BOOKLAB_RUNNER_TOKEN",
+                                                "BOOKLAB_TRAEFIK_API_PASSWORD")}
+    compose = Compose(tmp_path / "hub-node", {
         # the secrets, as .env.example says to make them (openssl rand -hex 32)
-        "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
-        "BOOKLAB_RUNNER_TOKEN": secrets.token_hex(32),
-        "BOOKLAB_REDIS_PASSWORD": redis_password,
-        "BOOKLAB_TRAEFIK_API_PASSWORD": secrets.token_hex(32),
+        **secret, "BOOKLAB_REDIS_PASSWORD": redis_password,
         "GITLAB_URL": gitlab_url, "GITLAB_CLIENT_ID": client_id,
         "GITLAB_CLIENT_SECRET": client_secret,
         "BOOKLAB_HOST_ADDRESS": gateway, "BOOKLAB_CONFIG_FILE": str(config_file),
         "BOOKLAB_HTTP_BIND": gateway, "BOOKLAB_HTTP_PORT": str(http_port),
         "BOOKLAB_HUB_API_PORT": str(hub_api_port),
-        "BOOKLAB_REDIS_BIND": "127.0.0.1", "BOOKLAB_REDIS_PORT": str(redis_port),
+        "BOOKLAB_REDIS_BIND": gateway, "BOOKLAB_REDIS_PORT": str(redis_port),
         "BOOKLAB_REDIS_KEY_PREFIX": KEY_PREFIX,
         "BOOKLAB_RUNNER_ID": runner_id, "BOOKLAB_NOTEBOOK_NETWORK": nb_network,
         "BOOKLAB_TRAEFIK_LOG_LEVEL": "INFO",
         "BOOKLAB_TEST_SUBNET": str(net), "BOOKLAB_TEST_GATEWAY": gateway,
         **images,
-    })
+    }, HUB_NODE, "--profile", "runner")
+    # a worker node on the same machine: only what a worker's .env needs
+    worker_id, worker_network = f"compose-w{tag}", f"blw{tag}"
+    worker = Compose(tmp_path / "worker-node", {
+        "BOOKLAB_HUB_NODE": gateway, "BOOKLAB_HOST_ADDRESS": gateway,
+        "BOOKLAB_RUNNER_ID": worker_id, "BOOKLAB_REDIS_PASSWORD": redis_password,
+        "BOOKLAB_RUNNER_TOKEN": secret["BOOKLAB_RUNNER_TOKEN"], "GITLAB_URL": gitlab_url,
+        "BOOKLAB_HUB_API_PORT": str(hub_api_port), "BOOKLAB_REDIS_PORT": str(redis_port),
+        "BOOKLAB_REDIS_KEY_PREFIX": KEY_PREFIX, "BOOKLAB_NOTEBOOK_NETWORK": worker_network,
+        "BOOKLAB_TEST_BOOKLAB_IMAGE": images["BOOKLAB_TEST_BOOKLAB_IMAGE"],
+    }, WORKER_NODE)
     gitlab = GitLabDouble(tmp_path / "gitlab")
     try:
         # only what is missing is built (by content hash; docker's layer cache does the rest)
@@ -171,28 +184,51 @@ def stack(tmp_path, request):
         # --wait: until Redis, Traefik and the hub are healthy and the runner runs
         compose("up", "-d", "--no-build", "--pull", "never", "--wait",
                 "--wait-timeout", "300")
+        worker("up", "-d", "--no-build", "--pull", "never", "--wait", "--wait-timeout", "120")
         yield SimpleNamespace(url=public, gateway=gateway, compose=compose, gitlab=gitlab,
-                              runner_id=runner_id, nb_network=nb_network, client=client,
-                              redis_url=f"redis://:{redis_password}@127.0.0.1:{redis_port}/0")
+                              client=client, networks={runner_id: nb_network,
+                                                       worker_id: worker_network},
+                              redis_url=f"redis://:{redis_password}@{gateway}:{redis_port}/0")
     finally:
         rep = getattr(request.node, "rep_call", None)
-        failed = rep is None or rep.failed
-        if failed:
-            logs = compose("logs", "--no-color", "--timestamps", check=False).stdout
-            (artifacts_dir() / "compose.log").write_text(logs)
-            print(f"\n===== docker compose logs ({compose.project}) =====\n{logs[-20000:]}")
-        down = compose("down", "-v", "--remove-orphans", "--timeout", "90", check=False)
+        if rep is None or rep.failed:
+            for name, c in (("hub-node", compose), ("worker-node", worker)):
+                logs = c("logs", "--no-color", "--timestamps", check=False).stdout
+                (artifacts_dir() / f"compose-{name}.log").write_text(logs)
+                print(f"\n===== docker compose logs, {name} ({c.project}) =====\n"
+                      f"{logs[-15000:]}")
+        # the worker first: its runner deregisters in the hub node's Redis
+        downs = [c("down", "-v", "--remove-orphans", "--timeout", "90", check=False)
+                 for c in (worker, compose)]
         gitlab.stop()
-        remove_runner_containers(client, {runner_id})
-        NotebookNetwork(client, nb_network).remove()
+        remove_runner_containers(client, {runner_id, worker_id})
+        for name in (nb_network, worker_network):
+            NotebookNetwork(client, name).remove()
         remove_images(client, image_prefix)
-        assert down.returncode == 0, down.stderr
+        assert [d.returncode for d in downs] == [0, 0], [d.stderr for d in downs]
+
+
+def wait_for_runners(bus, keys: Keys, ids: set[str], timeout: float = 120) -> None:
+    """Until every runner in ``ids`` is registered with a live heartbeat (a runner
+    container counts as up for compose once it runs, before it has connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if bus.smembers(keys.runners) >= ids and all(
+                bus.exists(keys.heartbeat(r)) for r in ids):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"runners {sorted(ids)} not all registered: "
+                         f"{sorted(bus.smembers(keys.runners))}")
 
 
 def test_compose_up_login_launch_lab_through_traefik_stop_down(stack, browser_page):
     # the hub's pages come through Traefik, on the public entrypoint
     r = requests.get(stack.url + "/hub/api", timeout=30)
     assert r.status_code == 200 and "version" in r.json(), r.text[:300]
+
+    # both runners register in the hub node's Redis, the worker's over the network
+    bus = syncredis.Redis.from_url(stack.redis_url, decode_responses=True)
+    wait_for_runners(bus, Keys(KEY_PREFIX), set(stack.networks))
 
     page = browser_page
     browser_login(page, stack, "alice", "alice-pw")  # OAuth through the GitLab double
@@ -206,16 +242,16 @@ def test_compose_up_login_launch_lab_through_traefik_stop_down(stack, browser_pa
     save_screenshot(page, "compose-lab.png")
     server = re.search(r"/user/alice/([^/]+)/", page.url).group(1)
 
-    # the notebook runs on the compose runner, on its own network, published on the
-    # host address that Traefik reaches; the route to it lives in Redis
-    (container,) = stack.client.containers.list(
-        filters={"label": f"{RUNNER_LABEL}={stack.runner_id}"})
-    assert list(container.attrs["NetworkSettings"]["Networks"]) == [stack.nb_network]
+    # the notebook runs on one of the runners, on that runner's network, published on
+    # the host address that Traefik reaches; the route to it lives in Redis
+    (container,) = [c for r in stack.networks for c in stack.client.containers.list(
+        filters={"label": f"{RUNNER_LABEL}={r}"})]
+    runner = container.labels[RUNNER_LABEL]
+    assert list(container.attrs["NetworkSettings"]["Networks"]) == [stack.networks[runner]]
     (binding,) = [b for bs in container.attrs["NetworkSettings"]["Ports"].values() if bs
                   for b in bs]
     assert binding["HostIp"] == stack.gateway
-    routes = syncredis.Redis.from_url(stack.redis_url, decode_responses=True)
-    targets = {routes.get(k) for k in routes.scan_iter(
+    targets = {bus.get(k) for k in bus.scan_iter(
         f"{KEY_PREFIX}traefik/http/services/*/loadBalancer/servers/0/url")}
     assert f"http://{stack.gateway}:{binding['HostPort']}" in targets, targets
 
