@@ -1,7 +1,8 @@
 """`docker compose up` on the hub node, for real: the shipped docker-compose.yml (Redis
 with a password and AOF, Traefik reading its routes from Redis, the hub, and the
 `runner` profile's runner), with tests/compose/docker-compose.test.yml building every
-image from the local debootstrap base (nothing can be pulled here).
+image from the local debootstrap base (nothing can be pulled here); beside it a worker
+node from docker-compose.runner.yml, given only a worker's .env values.
 
 A person logs in through the GitLab double, launches demo/hello from a launch link,
 reaches JupyterLab through Traefik, and stops the server; then the stack goes down
@@ -84,7 +85,7 @@ def compose_images() -> dict[str, str]:
 
 
 class Compose:
-    """`docker compose` on the shipped file + the test override, one project, its own
+    """`docker compose` on a shipped file + its test override: one project, its own
     .env; the calling environment is left out so that nothing of it leaks in."""
 
     def __init__(self, workdir: Path, env: dict[str, str], files: list[Path],
