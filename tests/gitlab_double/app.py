@@ -37,10 +37,12 @@ def make_app(store: Store, requests_log: RequestLog, timings: Timings | None = N
 
 
 class ServerThread:
-    """Serves an Application on 127.0.0.1 from a thread with its own event loop."""
+    """Serves an Application on ``host`` (127.0.0.1 unless given) from a thread with its
+    own event loop."""
 
-    def __init__(self, app_factory: Callable[[], Application], port: int = 0):
-        self._sockets: list[socket.socket] = bind_sockets(port, "127.0.0.1",
+    def __init__(self, app_factory: Callable[[], Application], port: int = 0,
+                 host: str = "127.0.0.1"):
+        self._sockets: list[socket.socket] = bind_sockets(port, host,
                                                           family=socket.AF_INET)
         self.port: int = self._sockets[0].getsockname()[1]
         self._factory = app_factory

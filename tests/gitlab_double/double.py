@@ -49,11 +49,13 @@ class GitLabDouble:
         self._server: ServerThread | None = None
 
     # -- server -----------------------------------------------------------
-    def start(self, port: int = 0) -> None:
-        """Serve on 127.0.0.1 (a free port unless given) from a background thread."""
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        """Serve on ``host`` (a free port unless given) from a background thread:
+        127.0.0.1, or a local address that other network namespaces reach (a test's
+        bridge, tests/netns.py), never a public interface."""
         self._server = ServerThread(
-            lambda: make_app(self.store, self.requests_log, self.timings), port)
-        self.store.base_url = f"http://127.0.0.1:{self._server.port}"
+            lambda: make_app(self.store, self.requests_log, self.timings), port, host)
+        self.store.base_url = f"http://{host}:{self._server.port}"
         self._server.start()
 
     @property
