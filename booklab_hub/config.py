@@ -91,9 +91,10 @@ SETTINGS: list[Setting] = [
     Setting("hub.hub_ip", str, "127.0.0.1",
             "Address the hub's own API listens on (notebooks must reach it)."),
     Setting("hub.hub_port", int, 8081, "Port of the hub's own API."),
-    Setting("hub.connect_url", str, "", "URL at which notebook containers reach the hub "
-            "API, e.g. http://10.0.0.2:8081 (default: built from hub_ip/hub_port).",
-            check=_opt_url),
+    Setting("hub.connect_url", str, "", "URL at which notebook containers (and, with "
+            "Traefik, the proxy) reach the hub API, e.g. http://10.0.0.2:8081 (default: "
+            "built from hub_ip/hub_port). docker compose sets it from .env.",
+            env="BOOKLAB_HUB_CONNECT_URL", check=_opt_url),
     Setting("hub.subdomain_host", str, "", "Serve each person's notebooks on their own "
             "host, <user>.<domain>, e.g. https://hub.example.org gives "
             "https://alice.hub.example.org/user/alice/...; needs a wildcard DNS record and "
@@ -180,8 +181,9 @@ SETTINGS: list[Setting] = [
     Setting("redis.url", str, DEFAULT_REDIS_URL, "Redis shared with the runners; "
             "put Redis behind a password: redis://:PASSWORD@host:6379/0.",
             env=REDIS_URL_ENV, check=_redis_url, secret=True),
-    Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis.",
-            check=_prefix),
+    Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis "
+            "(runners and Traefik use the same; docker compose sets it from .env for all "
+            "three).", env="BOOKLAB_REDIS_KEY_PREFIX", check=_prefix),
     Setting("runners.token", str, "", "Secret shared with the runners (at least 32 "
             "characters); keys derived from it encrypt job secrets and sign what hub and "
             "runners act on in Redis (conf, jobs, notebook URLs).",
@@ -325,6 +327,9 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.hub_port = s["hub.hub_port"]
     if s["hub.connect_url"]:
         c.JupyterHub.hub_connect_url = s["hub.connect_url"]
+        # With hub_ip 0.0.0.0 JupyterHub would bind to connect_url's address (Hub.bind_url
+        # defaults to it), which is another machine's, or a published port's, in compose
+        c.JupyterHub.hub_bind_url = f"http://{_url_host(s['hub.hub_ip'])}:{s['hub.hub_port']}"
     c.JupyterHub.db_url = s["hub.db_url"]
     c.JupyterHub.cookie_secret_file = os.path.join(data_dir, "jupyterhub_cookie_secret")
     c.JupyterHub.authenticator_class = "booklab-gitlab"
@@ -434,6 +439,11 @@ def _traefik_static(s: dict[str, Any], db: int) -> dict[str, Any]:
             "http": {"redirections": {"entryPoint": {
                 "to": entry, "scheme": "https", "permanent": True}}}}
     return static
+
+
+def _url_host(ip: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def check_crypt_key(environ: dict[str, str] | None = None) -> None:

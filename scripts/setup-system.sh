@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start everything Booklab needs on a Debian bookworm machine:
-# Debian packages, docker-buildx (from trixie), dockerd, configurable-http-proxy,
+# Debian packages, docker-buildx and docker-compose (from trixie), dockerd, configurable-http-proxy,
 # and a Python venv with Booklab installed. Idempotent: rerun at will.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,20 +36,30 @@ create_git_user() {
   case "$(getent shadow git | cut -d: -f2)" in '!'*) usermod -p '*' git ;; esac
 }
 
-install_buildx() {
-  # repo2docker builds with `docker buildx`; bookworm has no package for it,
-  # trixie's (depends only on libc6 >= 2.34) works with docker.io 20.10.
-  if dpkg-query -W -f='${Status}' docker-buildx 2>/dev/null | grep -q "ok installed"; then return; fi
-  log "installing docker-buildx from Debian trixie"
-  local uri d o
+install_from_trixie() {
+  # Install Debian trixie's package $1 on bookworm (idempotent). Used for what bookworm
+  # lacks and whose trixie .deb depends only on libc6 >= 2.34: docker-buildx (repo2docker
+  # builds with `docker buildx`) and docker-compose (Compose v2, the `docker compose`
+  # plugin); both work with docker.io 20.10.
+  local pkg=$1 uri d o
+  if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then return; fi
+  log "installing $pkg from Debian trixie"
   uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   uri=${uri:-http://deb.debian.org/debian}
   d="$STATE/trixie"; mkdir -p "$d/lists/partial"
   printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >"$d/trixie.sources"
   o=(-oDir::Etc::SourceList=/dev/null "-oDir::Etc::SourceParts=$d" "-oDir::State::Lists=$d/lists")
   apt-get "${o[@]}" update -qq
-  (cd "$d" && rm -f docker-buildx_*.deb && apt-get "${o[@]}" download docker-buildx >/dev/null)
-  dpkg -i "$d"/docker-buildx_*.deb >/dev/null
+  (cd "$d" && rm -f "${pkg}"_*.deb && apt-get "${o[@]}" download "$pkg" >/dev/null)
+  dpkg -i "$d/${pkg}"_*.deb >/dev/null
+}
+
+check_compose() {
+  # the compose test (tests/test_compose.py) and the deployment guide use `docker compose`
+  local v
+  v=$(/usr/bin/docker compose version --short 2>/dev/null) \
+    || { log "docker compose does not answer after installing docker-compose"; exit 1; }
+  log "docker compose $v"
 }
 
 start_dockerd() {
@@ -87,8 +97,10 @@ install_venv() {
 need_root
 install_debian_packages
 create_git_user
-install_buildx
+install_from_trixie docker-buildx
+install_from_trixie docker-compose
 start_dockerd
+check_compose
 install_chp
 install_venv
 log "system ready"

@@ -180,3 +180,39 @@ def test_container_start_timeout_is_published_to_runners_signed(tmp_path):
     assert RunnerConf.from_hash({}).container_start_timeout == 300  # an older hub's conf
     with pytest.raises(ValueError, match="container_start_timeout must be greater than 0"):
         RunnerConf(container_start_timeout=0).validate()
+
+
+@pytest.mark.parametrize("hub_ip, bound", [("0.0.0.0", "0.0.0.0"), ("10.0.0.2", "10.0.0.2"),
+                                           ("::", "::")])
+def test_hub_binds_hub_ip_while_announcing_connect_url(tmp_path, hub_ip, bound):
+    """With a connect_url on another address (a published port, as in docker compose),
+    the hub still listens on hub_ip:hub_port: JupyterHub alone would bind to
+    connect_url's address and fail (Errno 99)."""
+    from jupyterhub.objects import Hub
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+
+    c = Config()
+    hub = {"hub_ip": hub_ip, "hub_port": 8081, "connect_url": "http://192.0.2.7:18081"}
+    apply(c, load(write(tmp_path, {**GOOD, "hub": hub}), environ={}))
+    # as JupyterHub.init_hub builds its Hub from these two
+    h = Hub(bind_url=c.JupyterHub.hub_bind_url, base_url="/hub/")
+    h.connect_url = c.JupyterHub.hub_connect_url + "/hub/"
+    assert (h.ip, h.port) == (bound, 8081)
+    assert h.host == "http://192.0.2.7:18081"
+
+
+def test_connect_url_and_key_prefix_come_from_the_environment_as_compose_sets_them(
+        tmp_path):
+    """docker compose hands the hub the values Traefik and the runners share with it
+    (.env is their one owner); the variable wins over config.yml."""
+    data = {**GOOD, "hub": {"connect_url": "http://10.0.0.9:8081"},
+            "redis": {"key_prefix": "file:"}}
+    env = {"BOOKLAB_HUB_CONNECT_URL": "http://192.0.2.7:18081",
+           "BOOKLAB_REDIS_KEY_PREFIX": "bl-compose:"}
+    s = load(write(tmp_path, data), environ=env)
+    assert s["hub.connect_url"] == "http://192.0.2.7:18081"
+    assert s["redis.key_prefix"] == "bl-compose:"
+    with pytest.raises(ConfigError, match=r"hub.connect_url \(or \$BOOKLAB_HUB_CONNECT_URL\)"):
+        load(write(tmp_path, GOOD), environ={"BOOKLAB_HUB_CONNECT_URL": "10.0.0.9:8081"})
