@@ -1,15 +1,16 @@
 """A cached launch through the hub, against JupyterHub's DockerSpawner with the same image.
 
-Two real JupyterHubs run side by side, each behind its own Traefik with routes
-in Redis (the deployed proxy), on host networking:
+Two real JupyterHubs run side by side on host networking, each as deployed:
 
 - **booklab**: this project's hub and one ``booklab-runner``; ``POST
   /hub/api/users/alice/servers/bench`` with a project and ref (the permission
   check against the GitLab double, a job in Redis, the runner's fetch and
   "image exists", the container start) until the hub says ready and
   ``/user/alice/bench/api/status`` answers 200 through the proxy;
-- **dockerspawner**: a stock JupyterHub whose DockerSpawner starts the image
-  Booklab built, with the same command, until the same two checks pass.
+  Booklab's hub is behind Traefik with its routes in Redis;
+- **dockerspawner**: a stock JupyterHub (its default proxy,
+  configurable-http-proxy) whose DockerSpawner starts the image Booklab built,
+  with the same command, until the same two checks pass.
 
 Launches alternate between the two (load changes hit both alike); each side
 warms up once first (Booklab builds its image then). ``--latency`` makes the
@@ -66,13 +67,7 @@ c.JupyterHub.spawner_class = HostDockerSpawner
 c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
 c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
     "scopes": ["admin:users", "admin:servers", "tokens", "read:users"]}}]
-c.JupyterHub.proxy_class = "traefik_redis"
-c.TraefikRedisProxy.redis_url = "redis://127.0.0.1:{redis_port}"
-c.TraefikRedisProxy.kv_traefik_prefix = "dsp:traefik"
-c.TraefikRedisProxy.kv_jupyterhub_prefix = "dsp:jupyterhub"
-c.TraefikRedisProxy.traefik_api_url = "http://127.0.0.1:{api_port}"
-c.TraefikRedisProxy.static_config_file = "{workdir}/traefik.toml"
-c.TraefikRedisProxy.traefik_env = {{"PATH": "{bin}:/usr/bin:/bin"}}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.DockerSpawner.image = "{image}"
 c.DockerSpawner.network_name = "host"
 c.DockerSpawner.use_internal_ip = True  # no port bindings on the host network
@@ -85,15 +80,15 @@ c.Spawner.start_timeout = 120
 
 
 class StockHub:
-    """A JupyterHub with DockerSpawner, configured as its docs say for host networking."""
+    """A stock JupyterHub with DockerSpawner, configured as its docs say for host networking."""
 
-    def __init__(self, workdir: Path, redis_port: int, image: str):
+    def __init__(self, workdir: Path, image: str):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, hub_port, api_port, server_port = free_ports(4)
         self.url = f"http://127.0.0.1:{self.port}"
         (workdir / "config.py").write_text(SPAWNER_CONFIG.format(
             port=self.port, hub_port=hub_port, workdir=workdir, token=SERVICE_TOKEN,
-            redis_port=redis_port, api_port=api_port, bin=BIN, image=image,
+            api_port=api_port, image=image,
             server_port=server_port))
         self.process = Process("bench-dockerspawner-hub",
                                [str(BIN / "jupyterhub"), "-f", "config.py"],
@@ -169,7 +164,7 @@ def run(runs: int, latency: float) -> None:
         body = {"user_options": {"project": "demo/hello", "ref": "main"}}
         launch(hub.api, hub.url, "alice", "servers/bench", body)  # builds the image
         image = hub.job_of("alice", "bench")["image"]
-        stock = StockHub(tmp / "stock", redis.port, image)
+        stock = StockHub(tmp / "stock", image)
         procs.append(stock.process)
         assert stock.api("POST", "/users/bench").status_code in (201, 409)
         launch(stock.api, stock.url, "bench", "server", None)  # warm the page cache

@@ -158,9 +158,11 @@ SETTINGS: list[Setting] = [
     Setting("proxy.api_username", str, "booklab", "Traefik only. Basic-auth user of "
             "Traefik's API."),
     Setting("proxy.api_password", str, "", "Traefik only. Basic-auth password of Traefik's "
-            "API (openssl rand -hex 32). Required with proxy.start false; with "
-            "proxy.start true an empty one is generated at every hub start.",
-            env="BOOKLAB_TRAEFIK_API_PASSWORD", secret=True),
+            "API, at least 32 characters (openssl rand -hex 32): Traefik checks it on every "
+            "API call, so its hash is a cheap one (docs/proxy.md). Required with proxy.start "
+            "false; with proxy.start true an empty one is generated at every hub start.",
+            env="BOOKLAB_TRAEFIK_API_PASSWORD", secret=True,
+            check=lambda v: None if not v else _token(v)),
     Setting("proxy.tls_cert", str, "", "Serve HTTPS with this certificate (PEM file, full "
             "chain) and proxy.tls_key; hub.port is then the HTTPS port (443). With "
             "proxy.start false, the path as Traefik's container sees it."),

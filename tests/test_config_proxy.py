@@ -54,11 +54,11 @@ def test_chp_leaves_jupyterhubs_default_proxy(tmp_path):
 
 def test_external_traefik_gets_only_the_routes(tmp_path):
     c = configured(tmp_path, {"start": False, "api_url": "http://traefik:8099"},
-                   environ={"BOOKLAB_TRAEFIK_API_PASSWORD": "from-env-password"})
+                   environ={"BOOKLAB_TRAEFIK_API_PASSWORD": "from-env-password-of-32-characters"})
     t = c.BooklabTraefikProxy
     assert t.should_start is False
     assert t.traefik_api_url == "http://traefik:8099"
-    assert t.traefik_api_password == "from-env-password"
+    assert t.traefik_api_password == "from-env-password-of-32-characters"
     assert t.traefik_api_username == "booklab"
     # its static config is the operator's: Booklab writes none
     assert "static_config_file" not in t and "extra_static_config" not in t
@@ -97,9 +97,10 @@ def test_lets_encrypt_resolver_for_the_hubs_host(tmp_path):
       "acme_domain": "h.org"}, {}, "exclude each other"),
     ({"acme_email": "a@b.org"}, {}, "proxy.acme_domain"),
     ({"acme_email": "a@b.org", "acme_domain": "h.org", "start": False,
-      "api_password": "p" * 20}, {}, "proxy.acme_email needs proxy.start true"),
+      "api_password": "p" * 32}, {}, "proxy.acme_email needs proxy.start true"),
     ({"kind": "chp", "acme_email": "a@b.org"}, {}, "needs proxy.kind traefik"),
     ({"start": False}, {}, "proxy.api_password"),
+    ({"start": False, "api_password": "short"}, {}, "proxy.api_password"),
     ({"api_url": "traefik:8099"}, {}, "proxy.api_url"),
 ])
 def test_refused_combinations_name_their_keys(tmp_path, proxy, hub, says):
