@@ -62,7 +62,6 @@ _OPTIONS_FORM = """
 <label for="booklab-ref">Branch, tag or commit</label>
 <input class="form-control" id="booklab-ref" name="ref" value="HEAD" maxlength="255">
 """
-BUILD_GRACE = 120  # s the hub waits beyond build_timeout (the runner enforces it first)
 
 
 def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
@@ -150,6 +149,20 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
         help="""Seconds from starting the notebook container until it listens (e.g. 300).""",
     )
 
+    build_grace = Integer(
+        120, config=True,
+        help="""Seconds the hub waits beyond build_timeout before it fails a launch whose
+        runner has not reported the end of its fetch and build (e.g. 120). The runner
+        enforces build_timeout itself and reports; this covers a runner that froze or
+        lost Redis before its heartbeat expired. 0: give up at build_timeout.""",
+    )
+
+    @validate("build_grace")
+    def _check_grace(self, proposal: dict) -> int:
+        if proposal.value < 0:
+            raise ValueError("build_grace must not be negative")
+        return proposal.value
+
     @validate("queue_timeout", "build_timeout", "container_start_timeout")
     def _check_timeout(self, proposal: dict) -> int:
         if proposal.value <= 0:
@@ -166,7 +179,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
     @default("start_timeout")
     def _default_start_timeout(self) -> int:
         # JupyterHub's own limit must outlast ours, whose messages say which phase hung
-        return (self.queue_timeout + self.build_timeout + BUILD_GRACE
+        return (self.queue_timeout + self.build_timeout + self.build_grace
                 + self.container_start_timeout + 60)
 
     @default("http_timeout")
@@ -362,7 +375,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
         return url
 
     def _phase_limit(self, phase: str) -> float:
-        return {"queue": self.queue_timeout, "build": self.build_timeout + BUILD_GRACE,
+        return {"queue": self.queue_timeout, "build": self.build_timeout + self.build_grace,
                 "start": self.container_start_timeout}[phase]
 
     async def _check_runner_alive(self, job_id: str) -> None:
@@ -391,9 +404,12 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
                    if not alive else f"all {len(alive)} runners are busy: try again later")
             msg = f"No runner took the job within {self.queue_timeout} s — {why}"
         elif phase == "build":
-            msg = (f"Fetching and building the image took longer than the build timeout "
-                   f"({self.build_timeout} s): ask the hub's operator to raise "
-                   "runners.build_timeout, or make the environment smaller")
+            runner = (await self.store.find(job_id)).get("runner") or "?"
+            msg = (f"Fetching and building the image ran out of time: runner {runner} did "
+                   f"not report the end of the build within the build timeout "
+                   f"({self.build_timeout} s) and {self.build_grace} s of grace: ask the "
+                   "hub's operator to check the runner or raise runners.build_timeout, or "
+                   "make the environment smaller")
         else:
             msg = (f"The notebook server did not start within the container start timeout "
                    f"({self.container_start_timeout} s): check the build log for errors of "

@@ -114,6 +114,28 @@ def job_secrets(redis_server, hub: Hub, job_id: str, runner_token: str) -> dict:
     return SecretBox(runner_token).decrypt(blob)
 
 
+def log_states(hub: Hub, job_id: str) -> list[dict]:
+    """The state entries of a job's log, oldest first (``state``, ``message``, ``ts``)."""
+    entries = hub.redis().xrange(hub.keys.log(job_id))
+    return [{**fields, "ts": float(fields["ts"])} for _, fields in entries
+            if fields.get("kind") == "state"]
+
+
+def wait_log_state(hub: Hub, job_id: str, state: str, timeout: float = 300) -> dict:
+    """Block on the job's log stream (XREAD) until a ``state`` entry; that entry. It
+    returns as the entry is written, so a test can act inside a phase."""
+    r, last = hub.redis(), "0-0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, entries in r.xread({hub.keys.log(job_id): last}, block=1000) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if fields.get("kind") == "state" and fields.get("state") == state:
+                    return {**fields, "ts": float(fields["ts"])}
+    raise AssertionError(f"job {job_id} did not reach {state} in {timeout} s: "
+                         f"{log_states(hub, job_id)}")
+
+
 def start_server(hub: Hub, user: str, server: str, token: str, project: str = "demo/hello",
                  ref: str = "main") -> requests.Response:
     return hub.api("POST", f"/users/{user}/servers/{server}", token=token,
