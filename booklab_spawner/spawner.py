@@ -16,6 +16,7 @@ import dataclasses
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
 from traitlets import Float, Integer, Unicode, default, validate
@@ -445,8 +446,12 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             return int(job.get("exit_code") or 1)
         if state in (QUEUED, *EARLY) and getattr(self, "_launched_here", None) != self.job_id:
             # a launch this hub process never started (its state came from the database):
-            # the hub restarted during it, and JupyterHub cannot resume a spawn. (A launch
-            # interrupted by a stop is this process's own: stop() ends that one.)
+            # the hub restarted during it. JupyterHub's start-up check waits for poll()
+            # (in the background after init_spawners_timeout): follow the launch there
+            if self._check_pending:
+                return await self._resume(self.job_id)
+            # anywhere else no one would wait for it. (A launch interrupted by a stop is
+            # this process's own: stop() ends that one.)
             await self._abort(self.job_id, f"The hub restarted during this launch (the job "
                               f"was {state}): start the server again")
             await self._release_deploy_key()  # stop() will not be called for it
@@ -456,6 +461,33 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             await self._fail(f"Runner {runner} stopped answering (no heartbeat)")
             return 1
         return None
+
+    async def _resume(self, job_id: str) -> int | None:
+        """Follow a launch the hub was waiting for when it stopped, as start() does (the
+        same phase timeouts): None once it runs (get_url() then gives JupyterHub its
+        URL), 1 when it ended otherwise (the job failed with its reason)."""
+        self._launched_here = job_id  # this process follows it now
+        self.log.info("Job %s of %s was under way when the hub restarted: following it",
+                      job_id, self._log_name)
+        try:
+            await self._wait_until_running(job_id)
+        except SpawnFailed as e:
+            self.log.warning("Job %s of %s, followed after a hub restart: %s", job_id,
+                             self._log_name, e)
+            await self._release_deploy_key()
+            return 1
+        return None
+
+    async def get_url(self) -> str:
+        """Where the server is (JupyterHub asks after a restart, when poll() says it
+        runs): the URL the runner reported for the job, checked, rather than the one
+        in the hub's database, which a launch that ended after the restart never set."""
+        job = await self.store.find(self.job_id) if self.job_id else {}
+        if job.get("state") != RUNNING or self.server is None:
+            return await super().get_url()
+        where = urlsplit(await self._notebook_url(self.job_id))
+        # the runner reports scheme, host and port; the path is the hub's (base_url)
+        return f"{where.scheme}://{where.netloc}{self.server.base_url}"
 
     async def _fail(self, reason: str) -> None:
         await self.store.fail(self.job_id, reason)

@@ -84,33 +84,6 @@ def test_a_stop_the_runner_does_not_confirm_fails_after_the_stop_timeout(
         docker_client.containers.get(container_id)
 
 
-def test_a_launch_queued_when_the_hub_restarts_ends_with_a_reason_and_can_be_retried(
-        make_hub, hb_runner, redis_server):
-    """JupyterHub cannot resume a spawn across a restart, so a launch still queued when
-    the hub restarts must end, not wait on: the restarted hub fails its job saying why
-    (off the queue, so no runner later starts a notebook no server owns), the server is
-    not running, and launching it again works."""
-    hub = make_hub()
-    hub.login("alice", "alice-pw")
-    token = hub.user_token("alice")
-    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    first = wait_until(lambda: hub.job_of("alice", "again"), 60, "the queued job")["id"]
-
-    hub.restart()
-    job = wait_until(lambda: (j := hub.job_of("alice", "again"))["state"] != "queued" and j,
-                     60, "the queued job ended")
-    assert (job["id"], job["state"]) == (first, "failed")
-    assert job["error"] == ("The hub restarted during this launch (the job was queued): "
-                            "start the server again")
-    assert queue(redis_server, hub) == []
-    wait_gone(hub, "alice", "again")
-
-    hb_runner(hub)
-    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    wait_ready(hub, "alice", "again")
-    assert hub.job_of("alice", "again")["id"] != first
-
-
 def test_the_hubs_build_timeout_is_the_one_runners_apply_and_the_user_reads_it(
         make_hub, hb_runner, hb_gitlab):
     """``runners.build_timeout`` in the operator's config.yml reaches the runner (through
