@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_a_launch_while_every_runner_is_busy_says_so_and_leaves_the_queue_empty(
-        make_hub, hb_runner, redis_server):
+        make_hub, hb_runner):
     """One runner, its one slot held by alice's first server: her second launch fails
     after the queue timeout saying all runners are busy (not that none is alive), its
     job is failed with that message and nothing stays queued. (The no-runner message is
@@ -48,7 +48,7 @@ def test_a_launch_while_every_runner_is_busy_says_so_and_leaves_the_queue_empty(
                        "try again later")
     job = hub.job_of("alice", "second")
     assert (job["state"], job["error"]) == ("failed", message)
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
     assert hub.job_of("alice", "first")["state"] == "running"
 
 
@@ -102,7 +102,7 @@ def test_the_hubs_build_timeout_is_the_one_runners_apply_and_the_user_reads_it(
 
 
 def test_a_runner_that_stops_reporting_mid_build_fails_after_build_timeout_and_grace(
-        make_hub, hb_runner, hb_gitlab, redis_server):
+        make_hub, hb_runner, hb_gitlab):
     """A runner frozen (SIGSTOP) as its build begins cannot enforce the build timeout nor
     report: the hub itself fails the launch once ``runners.build_timeout`` plus
     ``runners.build_grace`` have passed since the job was claimed, saying the build ran
@@ -142,7 +142,7 @@ def test_a_runner_that_stops_reporting_mid_build_fails_after_build_timeout_and_g
     failed = next(e["ts"] for e in states if e["state"] == "failed")
     assert failed - claimed >= build_timeout + grace, states
     assert failed < beat + HEARTBEAT_TTL, (failed, beat)  # the heartbeat still lived
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
     wait_gone(hub, "alice", "frozen")
     # the thawed runner reads the hub's stop: its build ends, the hub's reason stays
     wait_until(lambda: not processes_under(runner.work_dir), 120, "the build ended")

@@ -36,7 +36,7 @@ def _reachable(hub, user: str, server: str, token: str) -> list[str]:
 
 
 def test_a_launch_building_when_the_hub_restarts_ends_up_running(
-        make_hub, hb_runner, hb_gitlab, redis_server):
+        make_hub, hb_runner, hb_gitlab):
     """The hub stops while the runner builds (a slow build step) and starts again: the
     same job reaches ``running`` after the new hub process is up, and the server is
     ready and answers through the proxy."""
@@ -60,11 +60,11 @@ def test_a_launch_building_when_the_hub_restarts_ends_up_running(
     running = next(e["ts"] for e in log_states(hub, job_id) if e["state"] == "running")
     assert running > down  # the build went on across the restart
     assert "Dockerfile" in _reachable(hub, "alice", "busy", token)
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
 
 
 def test_a_launch_queued_when_the_hub_restarts_runs_once_a_runner_takes_it(
-        make_hub, hb_runner, redis_server):
+        make_hub, hb_runner):
     """A launch still queued (no runner yet) when the hub restarts stays queued under
     the restarted hub, which follows it: a runner started afterwards takes the same
     job, and the server is ready and reachable, with nothing left on the queue."""
@@ -76,17 +76,17 @@ def test_a_launch_queued_when_the_hub_restarts_runs_once_a_runner_takes_it(
 
     hub.restart()
     assert hub.job_of("alice", "again")["state"] == "queued"
-    assert queue(redis_server, hub) == [job_id]
+    assert queue(hub) == [job_id]
     hb_runner(hub)
     wait_ready(hub, "alice", "again")
     job = hub.job_of("alice", "again")
     assert (job["id"], job["state"]) == (job_id, "running")
     assert "Dockerfile" in _reachable(hub, "alice", "again", token)
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
 
 
 def test_a_launch_queued_when_the_hub_restarts_fails_after_the_queue_timeout(
-        make_hub, redis_server):
+        make_hub):
     """The restarted hub applies its queue timeout to the launch it follows: with no
     runner at all the job fails with the queue timeout's reason, off the queue, and
     the server is gone, not stuck pending. (The operator lowers the timeout with the
@@ -104,6 +104,6 @@ def test_a_launch_queued_when_the_hub_restarts_fails_after_the_queue_timeout(
     assert (job["id"], job["state"]) == (job_id, "failed")
     assert job["error"] == ("No runner took the job within 5 s — no runner is alive: ask "
                             "the hub's operator to start booklab-runner")
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
     wait_until(lambda: hub.api("GET", "/users/alice").json()["servers"].get("lonely") is None,
                120, "the server gone")

@@ -120,7 +120,7 @@ def launch_form(session, hub, ref: str):
                               "ref": ref})
 
 
-def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab, redis_server):
+def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab):
     for branch in ("b1", "b2", "b3"):
         hb_gitlab.commit("demo/hello", branch, {f"{branch}.txt": branch}, message=branch)
     hub = make_hub()  # the default limit: 3
@@ -128,13 +128,13 @@ def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab, 
     for ref in ("main", "b1", "b2"):
         r = launch_form(alice, hub, ref)
         assert r.status_code == 302 and "/hub/booklab/jobs/" in r.headers["Location"], r.text
-    assert len(jobs_of(redis_server, hub, "alice")) == 3
+    assert len(jobs_of(hub, "alice")) == 3
 
     r = launch_form(alice, hub, "b3")
     assert r.status_code == 400
     assert ("You already have 3 servers running or starting, the most this hub allows "
             "at a time (3)") in html.unescape(r.text)
-    assert len(jobs_of(redis_server, hub, "alice")) == 3 and len(queue(redis_server, hub)) == 3
+    assert len(jobs_of(hub, "alice")) == 3 and len(queue(hub)) == 3
 
     # JupyterHub's REST API refuses too, with its own words
     r = start_server(hub, "alice", "fourth", hub.user_token("alice"))
