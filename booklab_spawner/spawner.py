@@ -16,7 +16,6 @@ import dataclasses
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
 from traitlets import Float, Integer, Unicode, default, validate
@@ -28,6 +27,7 @@ from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_
 from .crypto import Signer, check_runner_token
 from .exceptions import GitLabError, InvalidInput
 from .gitlab_api import GitLabClient
+from .hub_restart import FollowAfterRestart
 from .jobrequest import JobRequest
 from .jobs import (
     ACTIVE,
@@ -70,7 +70,7 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
+class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -461,33 +461,6 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             await self._fail(f"Runner {runner} stopped answering (no heartbeat)")
             return 1
         return None
-
-    async def _resume(self, job_id: str) -> int | None:
-        """Follow a launch the hub was waiting for when it stopped, as start() does (the
-        same phase timeouts): None once it runs (get_url() then gives JupyterHub its
-        URL), 1 when it ended otherwise (the job failed with its reason)."""
-        self._launched_here = job_id  # this process follows it now
-        self.log.info("Job %s of %s was under way when the hub restarted: following it",
-                      job_id, self._log_name)
-        try:
-            await self._wait_until_running(job_id)
-        except SpawnFailed as e:
-            self.log.warning("Job %s of %s, followed after a hub restart: %s", job_id,
-                             self._log_name, e)
-            await self._release_deploy_key()
-            return 1
-        return None
-
-    async def get_url(self) -> str:
-        """Where the server is (JupyterHub asks after a restart, when poll() says it
-        runs): the URL the runner reported for the job, checked, rather than the one
-        in the hub's database, which a launch that ended after the restart never set."""
-        job = await self.store.find(self.job_id) if self.job_id else {}
-        if job.get("state") != RUNNING or self.server is None:
-            return await super().get_url()
-        where = urlsplit(await self._notebook_url(self.job_id))
-        # the runner reports scheme, host and port; the path is the hub's (base_url)
-        return f"{where.scheme}://{where.netloc}{self.server.base_url}"
 
     async def _fail(self, reason: str) -> None:
         await self.store.fail(self.job_id, reason)
