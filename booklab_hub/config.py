@@ -197,6 +197,10 @@ SETTINGS: list[Setting] = [
     Setting("runners.image_prefix", str, "booklab/", "Prefix of built image names."),
     Setting("runners.build_timeout", int, 3600, "Seconds one build may take.",
             check=_positive),
+    Setting("runners.build_grace", int, 120, "Seconds the hub waits beyond build_timeout "
+            "for the runner's report before it fails the launch itself (the runner enforces "
+            "build_timeout; this covers a runner that froze or lost Redis).",
+            check=_non_negative),
     Setting("runners.queue_timeout", int, 600, "Seconds a launch may wait for a runner to "
             "take it; the error then says whether no runner is alive or all are busy.",
             check=_positive),
@@ -373,6 +377,7 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     sp.image_prefix = s["runners.image_prefix"]
     sp.ssh_known_hosts = s["gitlab.ssh_known_hosts"]
     sp.build_timeout = s["runners.build_timeout"]
+    sp.build_grace = s["runners.build_grace"]
     sp.queue_timeout = s["runners.queue_timeout"]
     sp.container_start_timeout = s["runners.container_start_timeout"]
     if s["runners.start_timeout"]:

@@ -86,7 +86,7 @@ class CloneCredentials:
     async def _clone_credential(self, gitlab: GitLabClient, project: dict, job_id: str,
                                 token: str, scopes: list[str]) -> tuple[dict, int | None]:
         """A read-only deploy key when allowed and possible, else a proxy grant."""
-        if not self._use_deploy_key(project, scopes):
+        if not await self._use_deploy_key(gitlab, project, scopes):
             return await self._proxy_grant(job_id), None
         await deploykeys.remove_stale(gitlab, project["id"], self.store)
         private, public = await asyncio.to_thread(deploykeys.generate_keypair)
@@ -159,17 +159,18 @@ class CloneCredentials:
         except Exception:  # best effort: poll/stop and the stale sweep come later
             self.log.exception("Ending the fetch credentials of job %s failed", job_id)
 
-    def _use_deploy_key(self, project: dict, scopes: list[str]) -> bool:
+    async def _use_deploy_key(self, gitlab: GitLabClient, project: dict,
+                              scopes: list[str]) -> bool:
         if self.clone_method == "token":
             return False
-        maintainer = deploykeys.access_level(project) >= deploykeys.MAINTAINER
+        # without GitLab's SSH host key a runner cannot verify the server it would
+        # clone from, and the fetch would fail: 'auto' clones through the proxy then
+        if self.clone_method == "auto" and not self.ssh_known_hosts.strip():
+            return False
+        maintainer = await self._role(gitlab, project) >= deploykeys.MAINTAINER
         possible = maintainer and "api" in scopes and bool(project.get("ssh_url_to_repo"))
-        if self.clone_method == "auto":
-            # without GitLab's SSH host key a runner cannot verify the server it
-            # would clone from, and the fetch would fail: clone with the token then
-            return possible and bool(self.ssh_known_hosts.strip())
-        if possible:
-            return True
+        if possible or self.clone_method == "auto":
+            return possible
         path = project["path_with_namespace"]
         if not maintainer:
             raise SpawnFailed(
@@ -178,6 +179,25 @@ class CloneCredentials:
                 "operator to allow token cloning (gitlab.clone_method: auto)", 403)
         raise SpawnFailed("Your GitLab login lacks the 'api' scope needed for deploy keys: "
                           "log out and log in again", 403)
+
+    async def _role(self, gitlab: GitLabClient, project: dict) -> int:
+        """The user's effective role on the project. GitLab's ``permissions`` hold only
+        the user's own membership and that in the project's group hierarchy; a role
+        through a group the project is shared with shows only in ``members/all``,
+        asked when ``permissions`` say less than Maintainer."""
+        level = deploykeys.access_level(project)
+        if level >= deploykeys.MAINTAINER:
+            return level
+        auth_state = await self.user.get_auth_state() or {}
+        key = getattr(self.authenticator, "user_auth_state_key", "gitlab_user")
+        user_id = (auth_state.get(key) or {}).get("id")
+        if user_id is None:
+            return level
+        try:
+            return max(level, await gitlab.member_access(project["id"], user_id))
+        except GitLabError as e:
+            raise SpawnFailed(f"GitLab did not tell your role on "
+                              f"{project['path_with_namespace']} ({e})", 502) from None
 
     async def _release_deploy_key(self, job: dict[str, str] | None = None) -> None:
         """Delete the job's deploy key with the user's (refreshed) token, retrying a

@@ -92,6 +92,22 @@ class GitLabClient:
         with self._session(f"Branch, tag or commit {ref!r} not found") as gl:
             return gl.projects.get(pid, lazy=True).commits.get(ref, **_READ).asdict()
 
+    async def member_access(self, project_id: int | str, user_id: int | str) -> int:
+        """The user's effective role on a project (``members/all``: own, inherited and
+        through the groups it is shared with); 0 if none."""
+        return await asyncio.to_thread(self._member_access, project_id, user_id)
+
+    def _member_access(self, project_id: int | str, user_id: int | str) -> int:
+        pid, uid = _pid(project_id), _pid(user_id, "user")
+        try:
+            with self._session() as gl:
+                member = gl.projects.get(pid, lazy=True).members_all.get(uid, **_READ)
+        except GitLabError as e:
+            if e.status == 404:
+                return 0
+            raise
+        return int(member.access_level or 0)
+
     # -- the repository picker (booklab_hub.handlers.picker) ----------------------
     async def member_projects(self, search: str = "", page: int = 1,
                               per_page: int = 20) -> tuple[list[dict], int | None]:

@@ -28,6 +28,7 @@ from .credentials import CloneCredentials, SpawnFailed, registered_host, url_on_
 from .crypto import Signer, check_runner_token
 from .exceptions import GitLabError, InvalidInput
 from .gitlab_api import GitLabClient
+from .hub_restart import FollowAfterRestart
 from .jobrequest import JobRequest
 from .jobs import (
     ACTIVE,
@@ -63,7 +64,6 @@ _OPTIONS_FORM = """
 <label for="booklab-ref">Branch, tag or commit</label>
 <input class="form-control" id="booklab-ref" name="ref" value="HEAD" maxlength="255">
 """
-BUILD_GRACE = 120  # s the hub waits beyond build_timeout (the runner enforces it first)
 
 
 def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
@@ -71,7 +71,7 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
+class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -151,6 +151,20 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
         help="""Seconds from starting the notebook container until it listens (e.g. 300).""",
     )
 
+    build_grace = Integer(
+        120, config=True,
+        help="""Seconds the hub waits beyond build_timeout before it fails a launch whose
+        runner has not reported the end of its fetch and build (e.g. 120). The runner
+        enforces build_timeout itself and reports; this covers a runner that froze or
+        lost Redis before its heartbeat expired. 0: give up at build_timeout.""",
+    )
+
+    @validate("build_grace")
+    def _check_grace(self, proposal: dict) -> int:
+        if proposal.value < 0:
+            raise ValueError("build_grace must not be negative")
+        return proposal.value
+
     @validate("queue_timeout", "build_timeout", "container_start_timeout")
     def _check_timeout(self, proposal: dict) -> int:
         if proposal.value <= 0:
@@ -167,7 +181,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
     @default("start_timeout")
     def _default_start_timeout(self) -> int:
         # JupyterHub's own limit must outlast ours, whose messages say which phase hung
-        return (self.queue_timeout + self.build_timeout + BUILD_GRACE
+        return (self.queue_timeout + self.build_timeout + self.build_grace
                 + self.container_start_timeout + 60)
 
     @default("http_timeout")
@@ -364,7 +378,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
         return url
 
     def _phase_limit(self, phase: str) -> float:
-        return {"queue": self.queue_timeout, "build": self.build_timeout + BUILD_GRACE,
+        return {"queue": self.queue_timeout, "build": self.build_timeout + self.build_grace,
                 "start": self.container_start_timeout}[phase]
 
     async def _check_runner_alive(self, job_id: str) -> None:
@@ -393,9 +407,12 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
                    if not alive else f"all {len(alive)} runners are busy: try again later")
             msg = f"No runner took the job within {self.queue_timeout} s — {why}"
         elif phase == "build":
-            msg = (f"Fetching and building the image took longer than the build timeout "
-                   f"({self.build_timeout} s): ask the hub's operator to raise "
-                   "runners.build_timeout, or make the environment smaller")
+            runner = (await self.store.find(job_id)).get("runner") or "?"
+            msg = (f"Fetching and building the image ran out of time: runner {runner} did "
+                   f"not report the end of the build within the build timeout "
+                   f"({self.build_timeout} s) and {self.build_grace} s of grace: ask the "
+                   "hub's operator to check the runner or raise runners.build_timeout, or "
+                   "make the environment smaller")
         else:
             msg = (f"The notebook server did not start within the container start timeout "
                    f"({self.container_start_timeout} s): check the build log for errors of "
@@ -431,8 +448,12 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, Spawner):
             return int(job.get("exit_code") or 1)
         if state in (QUEUED, *EARLY) and getattr(self, "_launched_here", None) != self.job_id:
             # a launch this hub process never started (its state came from the database):
-            # the hub restarted during it, and JupyterHub cannot resume a spawn. (A launch
-            # interrupted by a stop is this process's own: stop() ends that one.)
+            # the hub restarted during it. JupyterHub's start-up check waits for poll()
+            # (in the background after init_spawners_timeout): follow the launch there
+            if self._check_pending:
+                return await self._resume(self.job_id)
+            # anywhere else no one would wait for it. (A launch interrupted by a stop is
+            # this process's own: stop() ends that one.)
             await self._abort(self.job_id, f"The hub restarted during this launch (the job "
                               f"was {state}): start the server again")
             await self._release_deploy_key()  # stop() will not be called for it

@@ -9,7 +9,6 @@ import secrets
 import time
 
 import pytest
-import redis as syncredis
 import requests
 
 from booklab_spawner.crypto import SecretBox
@@ -93,25 +92,45 @@ def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
 
 
 # -- helpers -----------------------------------------------------------------------
-def rdb(redis_server) -> syncredis.Redis:
-    return syncredis.Redis.from_url(redis_server.url, decode_responses=True)
-
-
-def jobs_of(redis_server, hub: Hub, user: str, server: str | None = None) -> list[dict]:
+def jobs_of(hub: Hub, user: str, server: str | None = None) -> list[dict]:
+    """``user``'s jobs (of ``server`` if given) under the hub's prefix, oldest first."""
     jobs = hub.jobs()
     return sorted((j for j in jobs if j.get("user") == user
                    and (server is None or j.get("server_name") == server)),
                   key=lambda j: float(j["created"]))
 
 
-def queue(redis_server, hub: Hub) -> list[str]:
-    return rdb(redis_server).lrange(hub.keys.queue, 0, -1)
+def queue(hub: Hub) -> list[str]:
+    """The job ids waiting in the hub's queue, oldest first."""
+    return hub.redis().lrange(hub.keys.queue, 0, -1)
 
 
-def job_secrets(redis_server, hub: Hub, job_id: str, runner_token: str) -> dict:
-    blob = rdb(redis_server).get(hub.keys.token(job_id))
+def job_secrets(hub: Hub, job_id: str, runner_token: str) -> dict:
+    blob = hub.redis().get(hub.keys.token(job_id))
     assert blob, f"no secrets for job {job_id}"
     return SecretBox(runner_token).decrypt(blob)
+
+
+def log_states(hub: Hub, job_id: str) -> list[dict]:
+    """The state entries of a job's log, oldest first (``state``, ``message``, ``ts``)."""
+    entries = hub.redis().xrange(hub.keys.log(job_id))
+    return [{**fields, "ts": float(fields["ts"])} for _, fields in entries
+            if fields.get("kind") == "state"]
+
+
+def wait_log_state(hub: Hub, job_id: str, state: str, timeout: float = 300) -> dict:
+    """Block on the job's log stream (XREAD) until a ``state`` entry; that entry. It
+    returns as the entry is written, so a test can act inside a phase."""
+    r, last = hub.redis(), "0-0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, entries in r.xread({hub.keys.log(job_id): last}, block=1000) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if fields.get("kind") == "state" and fields.get("state") == state:
+                    return {**fields, "ts": float(fields["ts"])}
+    raise AssertionError(f"job {job_id} did not reach {state} in {timeout} s: "
+                         f"{log_states(hub, job_id)}")
 
 
 def start_server(hub: Hub, user: str, server: str, token: str, project: str = "demo/hello",

@@ -38,7 +38,7 @@ from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import get_redis
 from tests.conftest_hub import KNOWN_HOSTS_LINE, add_hub_users
 from tests.conftest_stack import _merge
-from tests.services import artifacts_dir, free_ports, wait_for_port
+from tests.services import ATTEMPTS, PortTaken, artifacts_dir, free_ports, wait_listening
 
 INPROC_RUNNER = "inproc-runner"
 CLIENT_ID = "booklab-inproc"
@@ -69,20 +69,38 @@ def inproc_proxy():
     if chp is None:
         pytest.fail("configurable-http-proxy is not installed: scripts/setup-system.sh "
                     "installs it from npm")
-    proxy = Proxy(*free_ports(2), secrets.token_hex(32))
-    with open(artifacts_dir() / "inproc-chp.log", "wb") as log:
-        proc = subprocess.Popen(
-            [chp, "--ip", "127.0.0.1", "--port", str(proxy.port), "--api-ip", "127.0.0.1",
-             "--api-port", str(proxy.api_port), "--log-level", "warn"],
-            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token},
-            stdout=log, stderr=subprocess.STDOUT)
+    proc, proxy = start_chp(chp, artifacts_dir() / "inproc-chp.log")
     try:
-        wait_for_port(proxy.api_port)
-        wait_for_port(proxy.port)
         yield proxy
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def start_chp(chp: str, log_path: Path, ports: tuple[int, int] | None = None
+              ) -> tuple[subprocess.Popen, Proxy]:
+    """configurable-http-proxy on loopback ports (``ports`` first if given, else fresh
+    ones). It binds them itself (no port 0, no socket handed over): when another
+    process took one first, it starts again on fresh ports."""
+    for attempt in range(ATTEMPTS):
+        proxy = Proxy(*(ports if ports and not attempt else free_ports(2)),
+                      secrets.token_hex(32))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [chp, "--ip", "127.0.0.1", "--port", str(proxy.port), "--api-ip",
+                 "127.0.0.1", "--api-port", str(proxy.api_port), "--log-level", "warn"],
+                env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": proxy.token},
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(proc, [proxy.api_port, proxy.port],
+                           lambda: log_path.read_text(errors="replace"))
+            return proc, proxy
+        except PortTaken:
+            proc.terminate()
+            proc.wait(10)
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def booklab_config(workdir: Path, gitlab, redis_url: str, runner_token: str,

@@ -186,12 +186,13 @@ class SubdomainHub(PagesHub):
     ``*.localhost`` name to loopback by itself; glibc does not, so plain HTTP clients
     reach the proxy on 127.0.0.1 and send the Host header (:meth:`get`)."""
 
-    def __init__(self, workdir: Path, gitlab, redis_url: str, runner_token: str):
-        super().__init__(workdir, gitlab, redis_url, runner_token)
-        self.public_url = f"http://hub.localhost:{self.port}"
+    def _use_ports(self, port: int, hub_port: int, proxy_api_port: int,
+                   traefik_api_port: int) -> None:
+        super()._use_ports(port, hub_port, proxy_api_port, traefik_api_port)
+        self.public_url = f"http://hub.localhost:{port}"
         self.config["hub"]["subdomain_host"] = self.public_url
         # gitlab.callback_url is left out: it defaults to <subdomain_host>/hub/oauth_callback
-        gitlab.store.apps[self.client_id].redirect_uris.append(
+        self.gitlab.store.apps[self.client_id].redirect_uris.append(
             self.public_url + "/hub/oauth_callback")
 
     def user_host(self, user: str) -> str:

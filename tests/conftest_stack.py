@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import redis as syncredis
@@ -27,13 +27,16 @@ import yaml
 
 from booklab_spawner.keys import Keys
 from tests.services import (
+    ATTEMPTS,
     NOTEBOOK_IMAGE,
+    PortTaken,
     artifacts_dir,
     free_ports,
     remove_images,
     remove_runner_containers,
     require_docker,
     require_image,
+    wait_listening,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,28 +118,26 @@ class Hub:
         self.workdir = workdir
         self.gitlab = gitlab  # the double it logs in with (its requests_log, its data)
         self.starts = 0
-        self.port, self.hub_port, self.proxy_api_port, self.traefik_api_port = free_ports(4)
         # HTTPS when the test gives the proxy a certificate: requests then trust it alone
         cert = ((overrides or {}).get("proxy") or {}).get("tls_cert")
         self.verify: str | bool = cert or True
-        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
+        self.scheme = "https" if cert else "http"
+        # the Traefik API port is the hub's own unless the test runs Traefik itself
+        self._own_traefik_api = "api_url" not in ((overrides or {}).get("proxy") or {})
         self.client_id, self.client_secret = "booklab-test", secrets.token_hex(16)
-        gitlab.add_oauth_app(self.client_id, self.client_secret,
-                             redirect_uri=f"{self.url}/hub/oauth_callback",
-                             scopes=["api", "read_api", "read_user", "read_repository"])
         self.config = {
-            "hub": {"ip": "127.0.0.1", "port": self.port, "hub_ip": "127.0.0.1",
-                    "hub_port": self.hub_port, "admin_users": ["admin"],
+            "hub": {"ip": "127.0.0.1", "hub_ip": "127.0.0.1", "admin_users": ["admin"],
                     "data_dir": str(workdir), "db_url": f"sqlite:///{workdir}/hub.sqlite"},
             "gitlab": {"url": gitlab.url, "client_id": self.client_id, "allow_all": True},
             # a prefix per hub: no test sees another test's (or test run's) keys
             "redis": {"url": redis_url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
-            # Traefik through Redis, as deployed; its API on a port of this hub's own
-            "proxy": {"api_url": f"http://127.0.0.1:{self.traefik_api_port}"},
+            # Traefik through Redis, as deployed (its API port: _use_ports)
+            "proxy": {},
             "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
                         "start_timeout": 600},
         }
         _merge(self.config, overrides or {})
+        self._use_ports(*free_ports(4))
         self.key_prefix = self.config["redis"]["key_prefix"]
         self.keys = Keys(self.key_prefix)  # the hub's key names, built as Booklab does
         self.env = {
@@ -149,6 +150,28 @@ class Hub:
         }
         self.process: Process | None = None
         self.extra_config = ""  # more lines for the hub's config file (tests only)
+
+    def _use_ports(self, port: int, hub_port: int, proxy_api_port: int,
+                   traefik_api_port: int) -> None:
+        """The hub's public (proxy), own API, CHP API and Traefik API ports, in the
+        config and in the OAuth application's redirect URI."""
+        self.port, self.hub_port, self.proxy_api_port = port, hub_port, proxy_api_port
+        self.url = f"{self.scheme}://127.0.0.1:{port}"
+        self.config["hub"].update(port=port, hub_port=hub_port)
+        if self._own_traefik_api:
+            self.config["proxy"]["api_url"] = f"http://127.0.0.1:{traefik_api_port}"
+        self.gitlab.add_oauth_app(self.client_id, self.client_secret,
+                                  redirect_uri=f"{self.url}/hub/oauth_callback",
+                                  scopes=["api", "read_api", "read_user", "read_repository"])
+
+    def own_ports(self) -> list[int]:
+        """The ports the hub process (or its proxy, a child) binds."""
+        proxy = self.config["proxy"]
+        if proxy.get("kind", "traefik") == "chp":
+            return [self.hub_port, self.proxy_api_port, self.port]
+        if proxy.get("start", True):
+            return [self.hub_port, urlsplit(proxy["api_url"]).port, self.port]
+        return [self.hub_port]  # the test's own Traefik holds the others
 
     def write_config(self) -> None:
         (self.workdir / "config.yml").write_text(yaml.safe_dump(self.config))
@@ -163,11 +186,25 @@ c.JupyterHub.log_level = "DEBUG"
 """ + self.extra_config)
 
     def start(self) -> Hub:
+        """Start the hub; JupyterHub and its proxy bind the ports themselves, so a first
+        start that finds one taken by another process starts again on fresh ports (a
+        restart keeps its ports: servers and cookies know them)."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._start_once()
+            except PortTaken:
+                self.stop()
+                if self.starts or attempt == ATTEMPTS - 1:
+                    raise
+                self._use_ports(*free_ports(4))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_once(self) -> Hub:
         self.write_config()
         name = "hub" if not self.starts else f"hub-restart{self.starts}"
-        self.starts += 1
         self.process = Process(name, [str(BIN / "jupyterhub"), "-f", "test_config.py"],
                                self.env, self.workdir)
+        wait_listening(self.process.proc, self.own_ports(), self.process.output)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.proc.poll() is not None:
@@ -175,6 +212,7 @@ c.JupyterHub.log_level = "DEBUG"
             try:
                 if requests.get(f"{self.url}/hub/api", timeout=2,
                                 verify=self.verify).status_code == 200:
+                    self.starts += 1
                     return self
             except requests.ConnectionError:
                 pass

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,11 @@ def free_port() -> int:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports, held open together while they are picked:
-    picked one at a time, the kernel may hand out the same port twice (a hub once got
-    its proxy API's port for itself and failed to bind)."""
+    """``n`` distinct loopback ports free at the moment, held open together while they
+    are picked (one at a time, the kernel may hand out the same port twice). Free
+    now is not free later: another process may bind one before our service does, so
+    whoever starts a service on them checks with ``wait_listening`` and, on
+    ``PortTaken``, starts again on fresh ports."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -34,6 +37,103 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+class PortTaken(RuntimeError):
+    """Another process holds a port we picked for a service: pick fresh ports."""
+
+
+def address_in_use(output: str) -> bool:
+    """Whether a process's output says it could not bind (redis-server, sshd, Python,
+    node's EADDRINUSE)."""
+    text = output.lower()
+    return "address already in use" in text or "eaddrinuse" in text
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port`` (any local address), from /proc."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def _family(pid: int) -> set[int]:
+    """``pid`` and its descendants (a hub's proxy is its child)."""
+    parents: dict[int, int] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in family}
+        grew = not more <= family
+        family |= more
+    return family
+
+
+def _holds(pids: set[int], inodes: set[str]) -> bool:
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def wait_listening(proc: subprocess.Popen, ports: list[int], output: Callable[[], str],
+                   timeout: float = 60) -> None:
+    """Wait until ``proc`` (or a child of it) listens on every one of ``ports``.
+
+    A connection alone would be fooled by another process on the port; the socket's
+    owner, read from /proc, is not. Raises ``PortTaken`` when another process holds a
+    port, or when ``proc`` exits saying the address is in use."""
+    deadline = time.monotonic() + timeout
+    waiting = set(ports)
+    while waiting and time.monotonic() < deadline:
+        family = None
+        for port in sorted(waiting):
+            inodes = _listening_inodes(port)
+            if not inodes:
+                continue
+            family = family or _family(proc.pid)
+            if not _holds(family, inodes):
+                # e.g. JupyterHub would take a foreign listener on its proxy API port
+                # for a proxy already running: never wait on it
+                raise PortTaken(f"port {port} is held by another process")
+            waiting.discard(port)
+        if not waiting:
+            return
+        if proc.poll() is not None:
+            text = output()
+            if address_in_use(text):
+                raise PortTaken(f"a port of {sorted(waiting)} was taken: {text[-500:]}")
+            raise RuntimeError(f"the process exited ({proc.returncode}):\n{text[-4000:]}")
+        time.sleep(0.05)
+    if waiting:
+        raise TimeoutError(f"nothing of ours listens on 127.0.0.1:{sorted(waiting)} after "
+                           f"{timeout} s:\n{output()[-4000:]}")
+
+
+ATTEMPTS = 5  # starts on fresh ports before a stolen port fails the test
 
 
 def wait_for_port(port: int, timeout: float = 20, host: str = "127.0.0.1") -> None:
@@ -68,6 +168,7 @@ class RedisServer:
         if password:  # in a config file on stdin: not on the command line, which ps shows
             self.cmd.append("-")
         self.proc: subprocess.Popen | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
@@ -75,14 +176,34 @@ class RedisServer:
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
-        log = open(self.workdir / "redis.log", "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.PIPE if self.password else None)
+        """redis-server cannot be handed a bound socket: a first start whose port another
+        process took starts again on a fresh one; a restart keeps its port (clients
+        hold the URL)."""
+        for attempt in range(ATTEMPTS):
+            try:
+                self._start_once()
+            except PortTaken:
+                self.stop()
+                if self.started or attempt == ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
+                self.cmd[self.cmd.index("--port") + 1] = str(self.port)
+                continue
+            self.started = True
+            return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_once(self) -> None:
+        log_path = self.workdir / "redis.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.PIPE if self.password else None)
         if self.password:
             self.proc.stdin.write(f"requirepass {self.password}\n".encode())
             self.proc.stdin.close()
-        wait_for_port(self.port, host=self.host)
-        return self
+        wait_listening(self.proc, [self.port],
+                       lambda: log_path.read_bytes()[offset:].decode(errors="replace"))
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -26,7 +26,7 @@ def cancel(admin, hub, job_id: str) -> str:
 
 
 async def test_admin_cancels_orphans_on_the_queue_and_on_their_runner(
-        make_hub, hb_runner, hb_gitlab, redis, runner_token, redis_server, docker_client):
+        make_hub, hb_runner, hb_gitlab, redis, runner_token, docker_client):
     """Two jobs of a server the hub does not have (alice/ghost), written as the hub
     writes jobs: one running on the only runner, one queued behind it. Cancel takes
     the queued one off the queue, and asks the runner to stop the running one, which
@@ -39,12 +39,12 @@ async def test_admin_cancels_orphans_on_the_queue_and_on_their_runner(
         running = await orphans.launch("demo/hello", hb_gitlab.demo_sha, server_name="ghost")
         container = (await orphans.wait_state(running, "running"))["container"]
         queued = await orphans.launch("demo/hello", hb_gitlab.demo_sha, server_name="ghost")
-        assert queue(redis_server, hub) == [queued]  # the runner's one slot is taken
+        assert queue(hub) == [queued]  # the runner's one slot is taken
 
         admin = hub.login("admin", "admin-pw")
         assert cancel(admin, hub, queued) == f"Cancelled queued job {queued}"
         assert (await orphans.store.get(queued))["state"] == "stopped"
-        assert queue(redis_server, hub) == []
+        assert queue(hub) == []
 
         runner = (await orphans.store.get(running))["runner"]
         assert cancel(admin, hub, running) == f"Asked runner {runner} to stop job {running}"

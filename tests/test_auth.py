@@ -95,12 +95,12 @@ def test_members_of_an_allowed_project_log_in_by_path(make_hub, hb_gitlab):
         assert page.status_code == code, user
 
 
-def launch_and_read_clone_token(hub, redis_server, runner_token, user="alice") -> str:
+def launch_and_read_clone_token(hub, runner_token, user="alice") -> str:
     r = start_server(hub, user, "hello", hub.user_token(user))
     assert r.status_code in (201, 202), r.text
-    job = wait_until(lambda: jobs_of(redis_server, hub, user, "hello"), 30, "job")[0]
+    job = wait_until(lambda: jobs_of(hub, user, "hello"), 30, "job")[0]
     # the token resolved the ref (the job exists); runners get a proxy grant, not it
-    assert job_secrets(redis_server, hub, job["id"], runner_token)["clone"]["method"] == "proxy"
+    assert job_secrets(hub, job["id"], runner_token)["clone"]["method"] == "proxy"
     return auth_state(hub, user)["access_token"]
 
 
@@ -109,26 +109,25 @@ def stop(hub, user="alice"):
     wait_gone(hub, user, "hello")
 
 
-def test_an_expired_token_is_refreshed_before_the_launch(make_hub, hb_gitlab, redis_server,
-                                                         runner_token):
+def test_an_expired_token_is_refreshed_before_the_launch(make_hub, hb_gitlab, runner_token):
     hub = make_hub({"gitlab": {"clone_method": "token"}})
     browser_login(hub, "alice", "alice-pw")
     old = auth_state(hub, "alice")["access_token"]
     hb_gitlab.expire_token(old)  # GitLab says it is over, earlier than the hub expected
-    used = launch_and_read_clone_token(hub, redis_server, runner_token)
+    used = launch_and_read_clone_token(hub, runner_token)
     assert used != old and used == gitlab_token_of(hb_gitlab, "alice")
     assert auth_state(hub, "alice")["access_token"] == used
     stop(hub)
 
 
 def test_a_token_near_its_expiry_is_refreshed_before_the_launch(make_hub, hb_gitlab,
-                                                                redis_server, runner_token):
+                                                                runner_token):
     # tokens live 7200 s; demanding 7190 s left makes every launch refresh first
     hub = make_hub({"gitlab": {"clone_method": "token", "token_min_lifetime": 7190}})
     browser_login(hub, "alice", "alice-pw")
     time.sleep(11)
     old = auth_state(hub, "alice")
-    used = launch_and_read_clone_token(hub, redis_server, runner_token)
+    used = launch_and_read_clone_token(hub, runner_token)
     assert used != old["access_token"]
     new = auth_state(hub, "alice")
     assert new["access_token"] == used and new["refresh_token"] != old["refresh_token"]
@@ -137,7 +136,7 @@ def test_a_token_near_its_expiry_is_refreshed_before_the_launch(make_hub, hb_git
     stop(hub)
 
 
-def test_a_revoked_token_means_logging_in_again(make_hub, hb_gitlab, redis_server):
+def test_a_revoked_token_means_logging_in_again(make_hub, hb_gitlab):
     hub = make_hub()
     session, _ = browser_login(hub, "alice", "alice-pw")
     hb_gitlab.revoke_token(auth_state(hub, "alice")["access_token"])
@@ -146,7 +145,7 @@ def test_a_revoked_token_means_logging_in_again(make_hub, hb_gitlab, redis_serve
     assert r.status_code == 403, r.text
     assert r.json()["message"] == ("Your GitLab login has expired or was revoked: log out "
                                    "and log in again")
-    assert jobs_of(redis_server, hub, "alice") == [] and queue(redis_server, hub) == []
+    assert jobs_of(hub, "alice") == [] and queue(hub) == []
     # in the browser (the spawn form's POST; a GET with options starts nothing): the
     # spawn page says to log in again
     session.get(f"{hub.url}/hub/spawn/alice/other", timeout=30)
@@ -155,7 +154,7 @@ def test_a_revoked_token_means_logging_in_again(make_hub, hb_gitlab, redis_serve
     assert r.status_code == 403, r.text[-2000:]
     assert "auth has expired for alice, login again" in r.text
     assert 'name="project"' in r.text  # the form to try again is on the same page
-    assert jobs_of(redis_server, hub, "alice") == []
+    assert jobs_of(hub, "alice") == []
     # and after logging in again, launches work
     browser_login(hub, "alice", "alice-pw")
     r = start_server(hub, "alice", "hello", hub.user_token("alice"))

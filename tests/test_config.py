@@ -140,19 +140,24 @@ def test_timeouts_map_onto_the_spawner_and_bound_jupyterhubs_own(tmp_path):
     from traitlets.config import Config
 
     from booklab_hub.config import apply
-    from booklab_spawner.spawner import BUILD_GRACE, BooklabSpawner
+    from booklab_spawner.spawner import BooklabSpawner
 
     c = Config()
     runners = {**GOOD["runners"], "queue_timeout": 30, "build_timeout": 900,
-               "container_start_timeout": 45}
+               "build_grace": 70, "container_start_timeout": 45}
     apply(c, load(write(tmp_path, {**GOOD, "runners": runners}), environ={}))
     spawner = BooklabSpawner(config=c)
-    assert (spawner.queue_timeout, spawner.build_timeout,
-            spawner.container_start_timeout) == (30, 900, 45)
+    assert (spawner.queue_timeout, spawner.build_timeout, spawner.build_grace,
+            spawner.container_start_timeout) == (30, 900, 70, 45)
     # JupyterHub's own limit outlasts ours, so our message (which phase, why) wins
-    assert spawner.start_timeout > 30 + 900 + BUILD_GRACE + 45
+    assert spawner.start_timeout > 30 + 900 + 70 + 45
+    assert BooklabSpawner().build_grace == 120
     with pytest.raises(Exception, match="queue_timeout must be greater than 0"):
         BooklabSpawner(queue_timeout=0)
+    with pytest.raises(Exception, match="build_grace must not be negative"):
+        BooklabSpawner(build_grace=-1)
+    with pytest.raises(ConfigError, match="runners.build_grace"):
+        load(write(tmp_path, {**GOOD, "runners": {**runners, "build_grace": -1}}), environ={})
 
 
 def test_container_start_timeout_is_published_to_runners_signed(tmp_path):

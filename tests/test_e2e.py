@@ -36,7 +36,7 @@ def wait_for_stop(hub, user: str, server: str, token: str, timeout: float = 120)
 
 
 def test_launch_demo_hello_lists_repo_files_then_stop_removes_container(
-        hub, runner, docker_client, redis_server, demo_gitlab):
+        hub, runner, docker_client, demo_gitlab):
     hub.login("alice", "alice-pw")  # real OAuth flow: stores alice's GitLab token
     token = hub.user_token("alice")
 

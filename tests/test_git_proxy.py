@@ -21,7 +21,6 @@ from tests.conftest_hub import (
     gitlab_token_of,
     job_secrets,
     jobs_of,
-    rdb,
     start_server,
     wait_ready,
     wait_until,
@@ -67,14 +66,14 @@ def test_grant_fetches_one_project_once_and_never_pushes(make_hub, hb_gitlab, re
     assert start_server(hub, "alice", "one", token).status_code in (201, 202)
     assert start_server(hub, "alice", "two", token, project="demo/other").status_code \
         in (201, 202)
-    jobs = wait_until(lambda: len(jobs_of(redis_server, hub, "alice")) == 2
-                      and jobs_of(redis_server, hub, "alice"), 30, "two jobs")
+    jobs = wait_until(lambda: len(jobs_of(hub, "alice")) == 2
+                      and jobs_of(hub, "alice"), 30, "two jobs")
     job_a, job_b = (next(j for j in jobs if j["server_name"] == n) for n in ("one", "two"))
     assert job_a["clone_method"] == job_b["clone_method"] == "proxy"
-    blob = job_secrets(redis_server, hub, job_a["id"], runner_token)
+    blob = job_secrets(hub, job_a["id"], runner_token)
     secret = blob["clone"]["secret"]
     assert gitlab_token_of(gl, "alice") not in json.dumps(blob)
-    conf = rdb(redis_server).hgetall(hub.keys.conf)
+    conf = hub.redis().hgetall(hub.keys.conf)
     hub_url = json.loads(conf["hub_url"])
     assert hub_url == f"http://127.0.0.1:{hub.hub_port}/hub/"
     url_a = f"{hub_url}booklab/git/{job_a['id']}"
@@ -118,7 +117,7 @@ def test_grant_fetches_one_project_once_and_never_pushes(make_hub, hb_gitlab, re
                            "building"))
     assert requests.get(refs, headers=_basic(job_a["id"], secret), timeout=30).status_code \
         == 403
-    wait_until(lambda: not rdb(redis_server).exists(hub.keys.git_grant(job_a['id'])),
+    wait_until(lambda: not hub.redis().exists(hub.keys.git_grant(job_a['id'])),
                30, "grant deleted by the hub")
     again = _git(tmp_path, job_a["id"], secret, "clone", url_a, "again")
     assert again.returncode != 0
@@ -127,7 +126,7 @@ def test_grant_fetches_one_project_once_and_never_pushes(make_hub, hb_gitlab, re
 @pytest.mark.docker
 @pytest.mark.slow
 def test_developer_launch_end_to_end_runner_never_sees_the_users_token(
-        make_hub, hb_runner, hb_gitlab, redis_server, runner_token):
+        make_hub, hb_runner, hb_gitlab, runner_token):
     hub = make_hub()
     runner = hb_runner(hub)
     hub.login("alice", "alice-pw")
@@ -135,34 +134,34 @@ def test_developer_launch_end_to_end_runner_never_sees_the_users_token(
     r = start_server(hub, "alice", "proxied", token)
     assert r.status_code in (201, 202), r.text
     wait_ready(hub, "alice", "proxied")
-    (job,) = jobs_of(redis_server, hub, "alice", "proxied")
+    (job,) = jobs_of(hub, "alice", "proxied")
     assert job["clone_method"] == "proxy" and job["deploy_key_id"] == ""
     files = requests.get(hub.proxied("/user/alice/proxied/api/contents"), timeout=30,
                          headers={"Authorization": f"token {token}"})
     assert {"README.md", "hello.ipynb"} <= {i["name"] for i in files.json()["content"]}
 
     gl_token = gitlab_token_of(hb_gitlab, "alice")
-    job_log = _job_log(redis_server, hub, job["id"])
+    job_log = _job_log(hub, job["id"])
     assert "Fetching through the hub's read-only git proxy" in job_log
     assert gl_token not in job_log and gl_token not in runner.output()
     with open(f"/proc/{runner.proc.pid}/environ", "rb") as f:
         assert gl_token.encode() not in f.read()
     # after the fetch the runner's encrypted secrets hold no clone credential any more
-    secrets_ = job_secrets(redis_server, hub, job["id"], runner_token)
+    secrets_ = job_secrets(hub, job["id"], runner_token)
     assert "clone" not in secrets_ and gl_token not in json.dumps(secrets_)
-    assert not rdb(redis_server).exists(hub.keys.git_grant(job['id']))
+    assert not hub.redis().exists(hub.keys.git_grant(job['id']))
     hub.api("DELETE", "/users/alice/servers/proxied")
 
 
-def _job_log(redis_server, hub, job_id: str) -> str:
-    entries = rdb(redis_server).xrange(hub.keys.log(job_id))
+def _job_log(hub, job_id: str) -> str:
+    entries = hub.redis().xrange(hub.keys.log(job_id))
     return "\n".join(fields.get("message", "") for _, fields in entries)
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
-        make_hub, hb_runner, hb_gitlab, redis_server, runner_token):
+        make_hub, hb_runner, hb_gitlab, runner_token):
     """The first runner fetched (its grant is gone) and shuts down mid-build; the hub
     renews the grant and the next runner fetches and starts the notebook."""
     marker = f"handback-build-{secrets.token_hex(4)}"  # no build cache from earlier runs
@@ -173,14 +172,14 @@ def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    (job,) = wait_until(lambda: jobs_of(redis_server, hub, "alice", "again"), 30, "job")
-    wait_until(lambda: marker in _job_log(redis_server, hub, job["id"]), 300,
+    (job,) = wait_until(lambda: jobs_of(hub, "alice", "again"), 30, "job")
+    wait_until(lambda: marker in _job_log(hub, job["id"]), 300,
                "the build started")
-    assert not rdb(redis_server).exists(hub.keys.git_grant(job['id']))
+    assert not hub.redis().exists(hub.keys.git_grant(job['id']))
     first.stop()  # SIGTERM: the job goes back to the queue
     hb_runner(hub)
     wait_ready(hub, "alice", "again")
-    log = _job_log(redis_server, hub, job["id"])
+    log = _job_log(hub, job["id"])
     assert "The hub renewed the clone credential for another fetch" in log
     assert log.count("Fetching through the hub's read-only git proxy") == 2
     hub.api("DELETE", "/users/alice/servers/again")

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -340,6 +341,113 @@ def test_subgroups_inherit_membership_and_encoded_paths(gl):
     assert [g["full_path"] for g in groups] == ["lab/course", "lab"]  # by name: course, lab
     assert api(gl, "/groups/lab%2Fcourse", token(gl, "bob")).json() == {
         "message": "404 Group Not Found"}
+
+
+# -- access through a group share (POST /projects/:id/share) ------------------
+@pytest.fixture
+def shared(gl):
+    """demo/hello shared by maya with `partners` as Maintainer: pia is Maintainer of
+    partners, dan its Developer; `ext/lab` shared as Reporter, eve Owner of `ext`."""
+    for name in ("pia", "dan", "eve"):
+        gl.add_user(name, password=f"{name}-pw")
+    # internal: maya must be able to read a group to share with it
+    partners = gl.add_group("partners", visibility="internal")
+    gl.add_member("partners", "pia", 40)
+    gl.add_member("partners", "dan", 30)
+    gl.add_group("ext", visibility="internal")
+    lab = gl.add_group("ext/lab", visibility="internal")
+    gl.add_member("ext", "eve", 50)  # inherited by ext/lab
+    url = "/projects/demo%2Fhello/share"
+    maya = token(gl, "maya")
+    link = api(gl, url, maya, "POST", json={"group_id": partners["id"], "group_access": 40})
+    assert link.status_code == 201, link.text
+    assert link.json() == {"id": link.json()["id"], "project_id": 1,
+                           "group_id": partners["id"], "group_access": 40, "expires_at": None}
+    assert api(gl, url, maya, "POST", data={"group_id": lab["id"],
+                                            "group_access": 20}).status_code == 201
+    return {"partners": partners, "lab": lab}
+
+
+def test_share_refuses_like_gitlab(gl, shared):
+    url = "/projects/demo%2Fhello/share"
+    body = {"group_id": shared["partners"]["id"], "group_access": 30}
+    maya = token(gl, "maya")
+    assert api(gl, url, token(gl, "alice"), "POST", json=body).json() == {
+        "message": "403 Forbidden"}  # sharing needs Maintainer
+    assert api(gl, url, token(gl, "bob"), "POST", json=body).status_code == 404
+    assert api(gl, url, method="POST", json=body).status_code == 401
+    assert api(gl, url, maya, "POST", json={"group_id": 9}).json() == {
+        "error": "group_access is missing"}
+    owner = api(gl, url, maya, "POST", json={**body, "group_access": 50})
+    assert owner.status_code == 400  # GitLab's API takes Guest to Maintainer only
+    assert owner.json() == {"error": "group_access does not have a valid value"}
+    missing = api(gl, url, maya, "POST", json={**body, "group_id": 999})
+    assert missing.status_code == 404 and missing.json() == {"message": "404 Group Not Found"}
+    again = api(gl, url, maya, "POST", json=body)
+    assert again.status_code == 409
+    assert again.json() == {"message": "Project already shared with this group"}
+    demo = api(gl, "/groups/demo", maya).json()
+    own = api(gl, url, maya, "POST", json={**body, "group_id": demo["id"]})
+    assert own.status_code == 409 and "the group it is in" in own.json()["message"]
+
+
+def test_share_gives_the_lower_of_group_role_and_group_access(gl, shared):
+    levels = {}
+    for user in ("pia", "dan", "eve"):
+        tok = token(gl, user)
+        uid = api(gl, "/user", tok).json()["id"]
+        levels[user] = api(gl, f"/projects/1/members/all/{uid}", tok).json()["access_level"]
+        # the direct members endpoint knows nothing of shares, as GitLab's
+        assert api(gl, f"/projects/1/members/{uid}", tok).status_code == 404
+        project = api(gl, "/projects/demo%2Fhello", tok).json()
+        # GitLab's permissions show own and group-hierarchy membership, never a share
+        assert project["permissions"] == {"project_access": None, "group_access": None}
+        assert [g["group_full_path"] for g in project["shared_with_groups"]] == [
+            "partners", "ext/lab"]
+        mine = api(gl, "/projects?membership=true", tok).json()
+        assert [p["path_with_namespace"] for p in mine] == ["demo/hello"], user
+    # pia Maintainer (40 in partners, share 40); dan Developer (30, share 40);
+    # eve Owner of ext, through ext/lab shared as Reporter: 20
+    assert levels == {"pia": 40, "dan": 30, "eve": 20}
+    for level, expected in ((40, ["pia"]), (30, ["dan", "pia"]), (20, ["dan", "eve", "pia"])):
+        found = [u for u in ("dan", "eve", "pia") if api(
+            gl, f"/projects?min_access_level={level}", token(gl, u)).json()]
+        assert found == expected, level
+
+
+def test_share_role_rules_deploy_keys_and_can_push(gl, shared):
+    gl.commit("demo/hello", "topic", {"x.txt": "x"})
+    keys = "/projects/demo%2Fhello/deploy_keys"
+    body = {"title": "booklab", "key": new_public_key()}
+    assert api(gl, keys, token(gl, "pia"), "POST", json=body).status_code == 201
+    for user in ("dan", "eve"):
+        assert api(gl, keys, token(gl, user), "POST", json=body).status_code == 403, user
+    can_push = {}
+    for user in ("pia", "dan", "eve"):
+        branches = api(gl, "/projects/1/repository/branches", token(gl, user)).json()
+        can_push[user] = {b["name"]: b["can_push"] for b in branches}
+    assert can_push == {"pia": {"main": True, "topic": True},  # Maintainer
+                        "dan": {"main": False, "topic": True},  # Developer: not protected main
+                        "eve": {"main": False, "topic": False}}  # Reporter reads only
+
+
+def test_share_expires_and_is_removed(gl, shared):
+    tok = token(gl, "dan")
+    assert api(gl, "/projects/demo%2Fhello", tok).status_code == 200
+    url = f"/projects/demo%2Fhello/share/{shared['partners']['id']}"
+    assert api(gl, url, token(gl, "dan"), "DELETE").status_code == 403
+    gone = api(gl, url, token(gl, "maya"), "DELETE")
+    assert gone.status_code == 204 and gone.content == b""
+    assert api(gl, url, token(gl, "maya"), "DELETE").json() == {
+        "message": "404 Group Link Not Found"}
+    assert api(gl, "/projects/demo%2Fhello", tok).status_code == 404
+    assert api(gl, "/projects?membership=true", tok).json() == []
+    # a share is gone from the start of its expiry date (GitLab's Expirable)
+    today = datetime.now(timezone.utc).date()
+    gl.share_project("demo/hello", "partners", 30, expires_at=today + timedelta(days=1))
+    assert api(gl, "/projects/demo%2Fhello", tok).status_code == 200
+    gl.share_project("demo/hello", "partners", 30, expires_at=today)
+    assert api(gl, "/projects/demo%2Fhello", tok).status_code == 404
 
 
 async def test_oauthenticator_gitlab_client_against_the_double(gl):

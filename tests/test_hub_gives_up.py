@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from docker.errors import NotFound
 
+from booklab_spawner.registry import HEARTBEAT_INTERVAL, HEARTBEAT_TTL
 from tests.conftest_hub import (
+    log_states,
     queue,
     spawn_error,
     start_server,
     wait_gone,
+    wait_log_state,
     wait_ready,
     wait_until,
 )
+from tests.conftest_runner import processes_under
 from tests.conftest_stack import DEMO_DOCKERFILE, slow_build_step
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_a_launch_while_every_runner_is_busy_says_so_and_leaves_the_queue_empty(
-        make_hub, hb_runner, redis_server):
+        make_hub, hb_runner):
     """One runner, its one slot held by alice's first server: her second launch fails
     after the queue timeout saying all runners are busy (not that none is alive), its
     job is failed with that message and nothing stays queued. (The no-runner message is
@@ -43,7 +48,7 @@ def test_a_launch_while_every_runner_is_busy_says_so_and_leaves_the_queue_empty(
                        "try again later")
     job = hub.job_of("alice", "second")
     assert (job["state"], job["error"]) == ("failed", message)
-    assert queue(redis_server, hub) == []
+    assert queue(hub) == []
     assert hub.job_of("alice", "first")["state"] == "running"
 
 
@@ -79,33 +84,6 @@ def test_a_stop_the_runner_does_not_confirm_fails_after_the_stop_timeout(
         docker_client.containers.get(container_id)
 
 
-def test_a_launch_queued_when_the_hub_restarts_ends_with_a_reason_and_can_be_retried(
-        make_hub, hb_runner, redis_server):
-    """JupyterHub cannot resume a spawn across a restart, so a launch still queued when
-    the hub restarts must end, not wait on: the restarted hub fails its job saying why
-    (off the queue, so no runner later starts a notebook no server owns), the server is
-    not running, and launching it again works."""
-    hub = make_hub()
-    hub.login("alice", "alice-pw")
-    token = hub.user_token("alice")
-    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    first = wait_until(lambda: hub.job_of("alice", "again"), 60, "the queued job")["id"]
-
-    hub.restart()
-    job = wait_until(lambda: (j := hub.job_of("alice", "again"))["state"] != "queued" and j,
-                     60, "the queued job ended")
-    assert (job["id"], job["state"]) == (first, "failed")
-    assert job["error"] == ("The hub restarted during this launch (the job was queued): "
-                            "start the server again")
-    assert queue(redis_server, hub) == []
-    wait_gone(hub, "alice", "again")
-
-    hb_runner(hub)
-    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    wait_ready(hub, "alice", "again")
-    assert hub.job_of("alice", "again")["id"] != first
-
-
 def test_the_hubs_build_timeout_is_the_one_runners_apply_and_the_user_reads_it(
         make_hub, hb_runner, hb_gitlab):
     """``runners.build_timeout`` in the operator's config.yml reaches the runner (through
@@ -121,3 +99,51 @@ def test_the_hubs_build_timeout_is_the_one_runners_apply_and_the_user_reads_it(
         "The build took longer than the build timeout (20 s) and was stopped: ask the "
         "hub's operator to raise runners.build_timeout, or make the environment smaller")
     assert hub.job_of("alice", "slow")["state"] == "failed"
+
+
+def test_a_runner_that_stops_reporting_mid_build_fails_after_build_timeout_and_grace(
+        make_hub, hb_runner, hb_gitlab):
+    """A runner frozen (SIGSTOP) as its build begins cannot enforce the build timeout nor
+    report: the hub itself fails the launch once ``runners.build_timeout`` plus
+    ``runners.build_grace`` have passed since the job was claimed, saying the build ran
+    out of time, and tells the runner to stop. That is before the frozen runner's
+    heartbeat expires (when the job would instead go back to the queue): the grace is
+    what ends it. Thawed, the runner ends the build and the job stays failed."""
+    build_timeout, grace = 8, 4
+    # the heartbeat, refreshed every HEARTBEAT_INTERVAL, lives HEARTBEAT_TTL: after the
+    # freeze it lasts at least their difference; the hub's limit (plus its 1 s read
+    # block) must run out first, or this would test the reaper instead
+    assert build_timeout + grace + 1 < HEARTBEAT_TTL - HEARTBEAT_INTERVAL
+    hub = make_hub({"runners": {"build_timeout": build_timeout, "build_grace": grace}})
+    runner = hb_runner(hub)
+    hb_gitlab.commit("demo/hello", "main", {
+        "Dockerfile": DEMO_DOCKERFILE + slow_build_step("frozen-build-step", 600)})
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout
+        request = pool.submit(start_server, hub, "alice", "frozen", token)
+        job_id = wait_until(lambda: hub.job_of("alice", "frozen"), 60, "the job")["id"]
+        wait_log_state(hub, job_id, "building")
+        os.kill(runner.proc.pid, signal.SIGSTOP)
+    try:
+        message = spawn_error(hub, "alice", "frozen", request.result(), timeout=300)
+        job = hub.job_of("alice", "frozen")
+        beat = float(hub.redis().hget(hub.keys.runner(runner.runner_id), "beat"))
+    finally:
+        os.kill(runner.proc.pid, signal.SIGCONT)
+    assert message == (
+        f"Fetching and building the image ran out of time: runner {runner.runner_id} did "
+        f"not report the end of the build within the build timeout ({build_timeout} s) "
+        f"and {grace} s of grace: ask the hub's operator to check the runner or raise "
+        "runners.build_timeout, or make the environment smaller")
+    assert (job["state"], job["error"]) == ("failed", message)
+    states = log_states(hub, job_id)
+    claimed = next(e["ts"] for e in states if e["state"] == "claimed")
+    failed = next(e["ts"] for e in states if e["state"] == "failed")
+    assert failed - claimed >= build_timeout + grace, states
+    assert failed < beat + HEARTBEAT_TTL, (failed, beat)  # the heartbeat still lived
+    assert queue(hub) == []
+    wait_gone(hub, "alice", "frozen")
+    # the thawed runner reads the hub's stop: its build ends, the hub's reason stays
+    wait_until(lambda: not processes_under(runner.work_dir), 120, "the build ended")
+    assert hub.job_of("alice", "frozen")["error"] == message

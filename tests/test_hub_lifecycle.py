@@ -39,7 +39,7 @@ def container_of(docker_client, runner) -> object:
 
 
 def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_runner,
-                                                                  redis_server, hb_gitlab):
+                                                                  hb_gitlab):
     # a build that stays in `building` long enough for a second page to connect to it
     hb_gitlab.commit("demo/hello", "main",
                      {"Dockerfile": DEMO_DOCKERFILE + slow_build_step("replay", 15)})
@@ -60,7 +60,7 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
     first = read("first")
     hb_runner(hub)
     # a second page opened while the job runs sees the log from the start too
-    wait_until(lambda: [j for j in jobs_of(redis_server, hub, "alice", "hello")
+    wait_until(lambda: [j for j in jobs_of(hub, "alice", "hello")
                         if j["state"] == "building"], 300, "the build")
     second = read("second")
     first.join(600)
@@ -89,7 +89,7 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
 
 
 def test_hub_restart_mid_run_reattaches_and_the_server_still_stops(
-        make_hub, hb_runner, docker_client, redis_server):
+        make_hub, hb_runner, docker_client):
     hub = make_hub()
     runner = hb_runner(hub)
     hub.login("alice", "alice-pw")
@@ -111,17 +111,16 @@ def test_hub_restart_mid_run_reattaches_and_the_server_still_stops(
     hub.login("bob", "bob-pw")
     r = start_server(hub, "bob", "hello", hub.user_token("bob"))
     assert r.status_code == 400 and "cannot read it" in r.json()["message"]
-    assert jobs_of(redis_server, hub, "bob") == []
+    assert jobs_of(hub, "bob") == []
 
     assert hub.api("DELETE", "/users/alice/servers/hello").status_code in (202, 204)
     wait_gone(hub, "alice", "hello")
     with pytest.raises(NotFound):
         docker_client.containers.get(container.id)
-    assert jobs_of(redis_server, hub, "alice", "hello")[0]["state"] == "stopped"
+    assert jobs_of(hub, "alice", "hello")[0]["state"] == "stopped"
 
 
-def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_client,
-                                               redis_server):
+def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_client):
     hub = make_hub(extra_config=FAST_POLL)
     runner = hb_runner(hub)
     hub.login("alice", "alice-pw")
@@ -130,16 +129,16 @@ def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_clien
     wait_ready(hub, "alice", "hello")
     container_of(docker_client, runner).kill()
     wait_gone(hub, "alice", "hello", timeout=120)  # poll() saw the job end
-    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    job = jobs_of(hub, "alice", "hello")[0]
     assert job["state"] == "failed" and job["error"], job
 
 
-def test_users_see_and_control_only_their_own_servers(make_hub, redis_server):
+def test_users_see_and_control_only_their_own_servers(make_hub):
     hub = make_hub()
     hub.login("alice", "alice-pw")
     alice = hub.user_token("alice")
     assert start_server(hub, "alice", "hello", alice).status_code in (201, 202)
-    wait_until(lambda: jobs_of(redis_server, hub, "alice", "hello"), 30, "job")
+    wait_until(lambda: jobs_of(hub, "alice", "hello"), 30, "job")
     hub.login("bob", "bob-pw")
     bob = hub.user_token("bob")
     for method, path in (("GET", "/users/alice"), ("GET", "/users"),
@@ -160,7 +159,7 @@ def test_users_see_and_control_only_their_own_servers(make_hub, redis_server):
     wait_gone(hub, "alice", "hello")
 
 
-def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner, redis_server):
+def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner):
     hub = make_hub(extra_config=FAST_POLL)
     runner = hb_runner(hub)
     hub.login("alice", "alice-pw")
@@ -169,13 +168,13 @@ def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner, r
     wait_ready(hub, "alice", "hello")
     runner.stop(sig=9)  # a crash: no goodbye, the heartbeat just expires (30 s)
     wait_gone(hub, "alice", "hello", timeout=180)
-    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    job = jobs_of(hub, "alice", "hello")[0]
     assert job["state"] == "failed", job
     assert job["error"] == f"Runner {runner.runner_id} stopped answering (no heartbeat)"
 
 
 def test_a_runner_that_dies_mid_build_hands_the_launch_to_another(make_hub, hb_runner,
-                                                                 hb_gitlab, redis_server):
+                                                                 hb_gitlab):
     """The launch is not lost with its runner: the job goes back to the queue (the hub
     reaps it as soon as the heartbeat is gone) and another runner finishes it."""
     hb_gitlab.commit("demo/hello", "main",
@@ -199,7 +198,7 @@ def test_a_runner_that_dies_mid_build_hands_the_launch_to_another(make_hub, hb_r
 
 
 def test_container_start_timeout_says_which_phase_and_what_to_check(
-        make_hub, hb_runner, docker_client, redis_server):
+        make_hub, hb_runner, docker_client):
     # a notebook command that never listens
     hub = make_hub({"runners": {"container_start_timeout": 8}},
                    extra_config='c.BooklabSpawner.cmd = ["sh", "-c", "sleep 600", "sh"]\n')
@@ -209,7 +208,7 @@ def test_container_start_timeout_says_which_phase_and_what_to_check(
     message = spawn_error(hub, "alice", "hello", r, timeout=600)
     assert message.startswith("The notebook server did not start within the container "
                               "start timeout (8 s)"), message
-    job = jobs_of(redis_server, hub, "alice", "hello")[0]
+    job = jobs_of(hub, "alice", "hello")[0]
     assert job["state"] == "failed" and job["error"] == message
     wait_until(lambda: not docker_client.containers.list(
         filters={"label": f"org.booklab.runner={runner.runner_id}"}), 60, "container removed")

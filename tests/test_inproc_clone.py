@@ -76,3 +76,33 @@ async def _launches_with(hub, user: str, clone_method: str) -> None:
     await hub.end_launch(request, job["id"])
     # a launch that failed before its fetch took its deploy key with it
     assert hub.gitlab.deploy_keys("demo/hello") == [], user
+
+
+# GitLab's project ``permissions`` leave out access through a group share: pia's
+# Maintainer role comes only from `partners`, which demo/hello is shared with
+SHARE_CASES = [
+    # clone_method, share's group_access, {user (role in partners): expected}
+    ("auto", 40, {"pia": SSH,  # Maintainer through the share
+                  "dan": PROXY}),  # Developer through the share
+    ("deploy_key", 40, {"pia": SSH, "dan": NEEDS_MAINTAINER}),
+    # the share caps the role: a Maintainer of partners is a Developer on the project
+    ("deploy_key", 30, {"pia": NEEDS_MAINTAINER}),
+]
+
+
+@pytest.mark.parametrize("clone_method,group_access,expected", SHARE_CASES,
+                         ids=[f"{m}-share{a}" for m, a, _ in SHARE_CASES])
+async def test_clone_credential_through_a_group_share(inproc_hub, clone_method, group_access,
+                                                      expected):
+    hub = await inproc_hub(_gitlab_config(clone_method, KNOWN))
+    hub.gitlab.add_group("partners")
+    for user, role in (("pia", 40), ("dan", 30)):
+        hub.gitlab.add_user(user, password=f"{user}-pw")
+        hub.gitlab.add_member("partners", user, role)
+    hub.gitlab.share_project("demo/hello", "partners", group_access)
+    for user, outcome in expected.items():
+        await hub.login(user)
+        if outcome in (SSH, PROXY):
+            await _launches_with(hub, user, outcome)
+        else:
+            await _is_refused(hub, user, outcome)

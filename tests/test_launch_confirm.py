@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 
 import pytest
 
@@ -30,18 +29,35 @@ def servers(hub, user: str) -> dict:
     return hub.api("GET", f"/users/{user}").json()["servers"]
 
 
+def named_servers(hub, user: str) -> dict:
+    """The user's named servers, stopped ones included (a launch creates its server
+    first); every user has the default server's stopped entry, not counted here."""
+    found = hub.api("GET", f"/users/{user}?include_stopped_servers=1").json()["servers"]
+    return {name: model for name, model in found.items() if name}
+
+
+def gitlab_api_calls(hub, since: int) -> list[tuple]:
+    """Requests to GitLab's REST API since ``since`` (a length of its request log): a
+    launch reads the project and resolves the ref there before it queues anything."""
+    return [r for r in hub.gitlab.requests_log[since:] if r[1].startswith("/api/v4/projects")]
+
+
 def test_cross_site_get_of_launch_link_only_asks_and_the_post_launches(pages_hub):
     alice = pages_hub.login("alice", "alice-pw")
     name = server_name("demo/hello", "main")
 
+    seen = len(pages_hub.gitlab.requests_log)
     r = alice.get(pages_hub.url + LINK, headers=CROSS_SITE, timeout=30, allow_redirects=False)
     assert r.status_code == 200, r.text[-2000:]
     page = html.unescape(r.text)
     assert 'id="confirm-form"' in page and 'method="post"' in page
     assert "demo/hello" in page and "lab/tree/hello.ipynb" in page
-    time.sleep(2)  # a launch would have queued its job by now (no GitLab latency here)
+    # the answer is the event: a launching handler creates the server and waits for its
+    # job (LaunchMixin.launch) before it answers; this one made neither, asked GitLab
+    # nothing, and so cannot have started a launch behind the page
     assert jobs(pages_hub) == [] and pages_hub.redis().llen(pages_hub.keys.queue) == 0
-    assert servers(pages_hub, "alice") == {}
+    assert named_servers(pages_hub, "alice") == {}
+    assert gitlab_api_calls(pages_hub, seen) == []
 
     # the form posts back to the link itself; without the XSRF token: refused
     action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', r.text)[1])
@@ -77,12 +93,18 @@ def test_cross_site_get_of_launch_link_only_asks_and_the_post_launches(pages_hub
 def test_hub_spawn_url_with_query_options_starts_nothing(pages_hub):
     """JupyterHub's own /hub/spawn takes options from a GET's query: not for Booklab."""
     alice = pages_hub.login("alice", "alice-pw")
+    seen = len(pages_hub.gitlab.requests_log)
     r = alice.get(pages_hub.url + "/hub/spawn/alice/sneaky?opt-project=demo/hello&opt-ref=main",
                   headers=CROSS_SITE, timeout=30)
-    time.sleep(2)
+    assert r.status_code in (200, 400) and 'method="post"' in r.text.lower()
+    # JupyterHub answers a spawning GET only after the spawn began (the server pending,
+    # then the spawner asking GitLab); the form came back, and none of that happened:
+    # the server JupyterHub made for the form was never started
     assert jobs(pages_hub) == []
     assert "sneaky" not in servers(pages_hub, "alice")
-    assert r.status_code in (200, 400) and 'method="post"' in r.text.lower()
+    sneaky = named_servers(pages_hub, "alice")["sneaky"]
+    assert (sneaky["pending"], sneaky["started"], sneaky["ready"]) == (None, None, False)
+    assert gitlab_api_calls(pages_hub, seen) == []
 
 
 def test_launch_link_refuses_bad_input_before_asking(pages_hub):
@@ -98,7 +120,7 @@ def launch_form(session, hub, ref: str):
                               "ref": ref})
 
 
-def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab, redis_server):
+def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab):
     for branch in ("b1", "b2", "b3"):
         hb_gitlab.commit("demo/hello", branch, {f"{branch}.txt": branch}, message=branch)
     hub = make_hub()  # the default limit: 3
@@ -106,13 +128,13 @@ def test_servers_per_user_are_limited_with_a_clear_message(make_hub, hb_gitlab, 
     for ref in ("main", "b1", "b2"):
         r = launch_form(alice, hub, ref)
         assert r.status_code == 302 and "/hub/booklab/jobs/" in r.headers["Location"], r.text
-    assert len(jobs_of(redis_server, hub, "alice")) == 3
+    assert len(jobs_of(hub, "alice")) == 3
 
     r = launch_form(alice, hub, "b3")
     assert r.status_code == 400
     assert ("You already have 3 servers running or starting, the most this hub allows "
             "at a time (3)") in html.unescape(r.text)
-    assert len(jobs_of(redis_server, hub, "alice")) == 3 and len(queue(redis_server, hub)) == 3
+    assert len(jobs_of(hub, "alice")) == 3 and len(queue(hub)) == 3
 
     # JupyterHub's REST API refuses too, with its own words
     r = start_server(hub, "alice", "fourth", hub.user_token("alice"))

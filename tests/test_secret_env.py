@@ -20,7 +20,6 @@ import requests
 from tests.conftest_hub import (
     job_secrets,
     jobs_of,
-    rdb,
     start_server,
     wait_gone,
     wait_ready,
@@ -33,13 +32,13 @@ SECRET_NAMES = ("BOOKLAB_T_SECRET", "Booklab_T_Password", "BOOKLAB_T_API_KEY",
                 "BOOKLAB_T_TOKEN")
 
 
-def job_log(redis_server, hub: Hub, job_id: str) -> str:
-    entries = rdb(redis_server).xrange(hub.keys.log(job_id))
+def job_log(hub: Hub, job_id: str) -> str:
+    entries = hub.redis().xrange(hub.keys.log(job_id))
     return "\n".join(json.dumps(fields) for _, fields in entries)
 
 
 def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
-        make_hub, hb_runner, docker_client, redis_server, runner_token):
+        make_hub, hb_runner, docker_client, runner_token):
     values = {name: f"v-{secrets.token_hex(16)}" for name in SECRET_NAMES}
     plain = f"plain-{secrets.token_hex(8)}"
     hub = make_hub(extra_config=f"c.BooklabSpawner.environment = "
@@ -48,10 +47,10 @@ def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
     hub.login("alice", "alice-pw")
     assert start_server(hub, "alice", "env", hub.user_token("alice")).status_code in (201, 202)
     wait_ready(hub, "alice", "env")
-    [job] = jobs_of(redis_server, hub, "alice", "env")
+    [job] = jobs_of(hub, "alice", "env")
 
     # the sealed blob carries the real values: JupyterHub's token for this server works
-    sealed_env = job_secrets(redis_server, hub, job["id"], runner_token)["env"]
+    sealed_env = job_secrets(hub, job["id"], runner_token)["env"]
     api_token = sealed_env["JUPYTERHUB_API_TOKEN"]
     me = requests.get(f"{hub.url}/hub/api/user", timeout=30,
                       headers={"Authorization": f"token {api_token}"})
@@ -65,8 +64,8 @@ def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
     record = json.dumps(job)
     assert json.loads(job["env"])["BOOKLAB_T_PLAIN"] == plain
     assert not set(json.loads(job["env"])) & set(sealed_env)
-    raw_blob = rdb(redis_server).get(hub.keys.token(job['id']))
-    log = job_log(redis_server, hub, job["id"])
+    raw_blob = hub.redis().get(hub.keys.token(job['id']))
+    log = job_log(hub, job["id"])
     for value in secret_values:
         assert value not in record and value not in raw_blob and value not in log
     assert api_token not in runner.output()

@@ -15,6 +15,7 @@ Python API::
     gl.add_user("alice", password="alice-pw")
     gl.add_project("demo/hello", files={"Dockerfile": "FROM x"})
     gl.add_member("demo/hello", "alice", 30)     # or a group path: inherited below it
+    gl.share_project("demo/hello", "partners", 30)  # partners' members: at most Developer
     gl.store.link_host = "gitlab.internal:8443"  # behind a proxy: Link headers name it
     gl.stop()
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 from . import entities
-from .store import ACCESS_LEVELS, GUEST, OWNER, VISIBILITIES, Group, Project, User
-from .web import ApiHandler, bad_param, not_found
+from .store import (
+    ACCESS_LEVELS,
+    GUEST,
+    MAINTAINER,
+    OWNER,
+    SHARE_LEVELS,
+    VISIBILITIES,
+    Group,
+    Project,
+    Share,
+    User,
+)
+from .web import ApiError, ApiHandler, bad_param, message, not_found
 
 PROJECT_ORDER: dict[str, Callable[[Project], Any]] = {
     "id": lambda p: p.id,
@@ -107,6 +119,71 @@ class ProjectMemberHandler(ApiHandler):
         self.write_json(entities.member(self.store, user, level, since))
 
 
+class ShareBase(ApiHandler):
+    def administered_project(self, ref: str) -> tuple[User, Project]:
+        """Sharing needs GitLab's admin_project: Maintainer or Owner."""
+        viewer = self.require_user()
+        project = self.visible_project(ref, viewer)
+        if self.store.project_access(viewer, project) < MAINTAINER:
+            raise message(403, "403 Forbidden")
+        return viewer, project
+
+
+class ShareHandler(ShareBase):
+    """POST /projects/:id/share: members of the group get at most group_access."""
+
+    def post(self, ref: str) -> None:
+        viewer, project = self.administered_project(ref)
+        params = self.body_params()
+        missing = [n for n in ("group_id", "group_access") if params.get(n) in (None, "")]
+        if missing:
+            raise ApiError(400, {"error": ", ".join(f"{m} is missing" for m in missing)})
+        group_id, level = _int_param(params, "group_id"), _int_param(params, "group_access")
+        if level not in SHARE_LEVELS:
+            raise bad_param("group_access")
+        expires = _date_param(params.get("expires_at"))
+        group = self.store.groups.get(group_id)
+        if group is None or not self.store.can_see_group(viewer, group):
+            raise not_found("Group")
+        home = self.store.groups.get(project.group_id) if project.group_id else None
+        if any(g.id == group.id for g in self.store.ancestors(home)):
+            raise message(409, "Project cannot be shared with the group it is in or one of "
+                               "its ancestors.")
+        with self.store.lock:
+            if (project.id, group.id) in self.store.shares:
+                raise message(409, "Project already shared with this group")
+            share = Share(id=self.store.next_id("share"), project_id=project.id,
+                          group_id=group.id, group_access=level, expires_at=expires)
+            self.store.shares[(project.id, group.id)] = share
+        self.write_json(entities.project_group_link(share), status=201)
+
+
+class UnshareHandler(ShareBase):
+    def delete(self, ref: str, group_id: str) -> None:
+        _, project = self.administered_project(ref)
+        with self.store.lock:
+            if self.store.shares.pop((project.id, int(group_id)), None) is None:
+                raise not_found("Group Link")
+        self.set_status(204)
+        self.finish()
+
+
+def _int_param(params: dict[str, Any], name: str) -> int:
+    try:
+        return int(params[name])
+    except (TypeError, ValueError):
+        raise bad_param(name, "is invalid") from None
+
+
+def _date_param(value: Any) -> date | None:
+    if value in (None, ""):
+        return None
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise bad_param("expires_at", "is invalid") from None
+
+
 class GroupsHandler(ApiHandler):
     def get(self) -> None:
         viewer = self.authenticate()
@@ -175,6 +252,8 @@ HANDLERS = [
     (r"/api/v4/projects", ProjectsHandler),
     (rf"/api/v4/projects/{_ID}", ProjectHandler),
     (rf"/api/v4/projects/{_ID}/members/(all/)?(\d+)", ProjectMemberHandler),
+    (rf"/api/v4/projects/{_ID}/share", ShareHandler),
+    (rf"/api/v4/projects/{_ID}/share/(\d+)", UnshareHandler),
     (r"/api/v4/groups", GroupsHandler),
     (rf"/api/v4/groups/{_ID}", GroupHandler),
     (rf"/api/v4/groups/{_ID}/members/(all/)?(\d+)", GroupMemberHandler),

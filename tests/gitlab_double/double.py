@@ -6,6 +6,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,11 +17,13 @@ from .oauth import token_response
 from .store import (
     ACCESS_LEVELS,
     KNOWN_SCOPES,
+    SHARE_LEVELS,
     VISIBILITIES,
     Group,
     NotFound,
     OAuthApp,
     Project,
+    Share,
     Store,
     User,
     utcnow,
@@ -181,6 +184,23 @@ class GitLabDouble:
         with self.store.lock:
             self.store.members[key] = access_level
             self.store.member_since.setdefault(key, utcnow())
+
+    def share_project(self, path: str, group_path: str, group_access: int,
+                      expires_at: date | None = None) -> dict[str, Any]:
+        """Share a project with a group, as ``POST /projects/:id/share`` does: the
+        group's members (and its parent groups' members) get the lower of their role
+        there and ``group_access`` on the project."""
+        if group_access not in SHARE_LEVELS:
+            raise ValueError(f"group_access must be one of {SHARE_LEVELS}")
+        project = self._project(path)
+        group = self.store.group_by_path(group_path)
+        if group is None:
+            raise NotFound(f"no group {group_path!r}")
+        with self.store.lock:
+            share = Share(id=self.store.next_id("share"), project_id=project.id,
+                          group_id=group.id, group_access=group_access, expires_at=expires_at)
+            self.store.shares[(project.id, group.id)] = share
+        return entities.project_group_link(share)
 
     # -- repositories -----------------------------------------------------
     def commit(self, path: str, branch: str, files: Files, message: str = "Update files") -> str:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from .gitrepo import Commit, Ref
-from .store import OWNER, DeployKey, Group, Project, Store, User
+from .store import OWNER, DeployKey, Group, Project, Share, Store, User
 
 NOTIFICATION_GLOBAL = 3
 
@@ -78,15 +78,32 @@ def project(store: Store, p: Project, viewer: User | None, *, simple: bool = Fal
     direct = store.members.get(("project", p.id, viewer.id), 0) if viewer else 0
     if viewer is not None and p.owner_id == viewer.id:
         direct = max(direct, OWNER)
+    # as GitLab's ProjectWithAccess: the user's own membership and that in the
+    # project's group hierarchy; access through a share shows in neither (null)
     data.update({
         "visibility": p.visibility, "archived": False, "empty_repo": False,
         "updated_at": ts(p.last_activity_at), "owner": None,
         "permissions": {"project_access": _access(direct),
                         "group_access": _access(store.group_access_for_project(viewer, p))},
+        "shared_with_groups": [shared_group(store, s) for s in store.project_shares(p)],
     })
     if p.owner_id is not None:
         data["owner"] = user(store, store.users[p.owner_id])
     return data
+
+
+def shared_group(store: Store, s: Share) -> dict[str, Any]:
+    g = store.groups[s.group_id]
+    return {"group_id": g.id, "group_name": g.name, "group_full_path": g.full_path,
+            "group_access_level": s.group_access,
+            "expires_at": s.expires_at.isoformat() if s.expires_at else None}
+
+
+def project_group_link(s: Share) -> dict[str, Any]:
+    """What ``POST /projects/:id/share`` answers (GitLab's ProjectGroupLink)."""
+    return {"id": s.id, "project_id": s.project_id,
+            "group_id": s.group_id, "group_access": s.group_access,
+            "expires_at": s.expires_at.isoformat() if s.expires_at else None}
 
 
 def group(store: Store, g: Group) -> dict[str, Any]:

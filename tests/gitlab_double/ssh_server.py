@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .store import Store
@@ -78,15 +77,30 @@ class SshServer:
             raise SshServerError(f"{SSHD} is missing: apt-get install openssh-server")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
         os.chmod(self.dir, 0o755)
-        self._write_files(git)
-        log = open(self.dir / "sshd.log", "ab")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                     stdout=log, stderr=subprocess.STDOUT)
-        self._wait_listening()
+        from tests.services import ATTEMPTS, PortTaken
+
+        # sshd binds its port itself: when another process took it first, start again
+        # on a fresh port (the host key and known_hosts line are made anew with it)
+        for attempt in range(ATTEMPTS):
+            self._write_files(git)
+            with open(self.dir / "sshd.log", "wb") as log:
+                self.proc = subprocess.Popen(
+                    [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                    stdout=log, stderr=subprocess.STDOUT)
+            try:
+                self._wait_listening()
+                break
+            except PortTaken:
+                self._stop_sshd()
+                if attempt == ATTEMPTS - 1:
+                    raise
+                self.port = _free_port(self.host)
         self.store.ssh_host, self.store.ssh_port = self.host, self.port  # ssh_url_to_repo
 
     def _write_files(self, git: pwd.struct_passwd) -> None:
         key = self.dir / "ssh_host_ed25519_key"
+        for path in (key, key.with_suffix(".pub")):  # a start again on a fresh port
+            path.unlink(missing_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitlab-double",
                         "-f", str(key)], check=True, capture_output=True)
         self.known_hosts_line = (f"[{self.host}]:{self.port} "
@@ -127,22 +141,21 @@ LogLevel VERBOSE
 """
 
     def _wait_listening(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc and self.proc.poll() is not None:
-                raise SshServerError("sshd exited:\n" + self.log()[-2000:])
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SshServerError("sshd did not listen:\n" + self.log()[-2000:])
+        """Until this sshd (not another process on the port) listens."""
+        from tests.services import PortTaken, wait_listening
+
+        try:
+            wait_listening(self.proc, [self.port], self.log, timeout)
+        except PortTaken:
+            raise
+        except (RuntimeError, TimeoutError) as e:
+            raise SshServerError(f"sshd did not listen: {e}") from None
 
     def log(self) -> str:
         path = self.dir / "sshd.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop(self) -> None:
+    def _stop_sshd(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -150,6 +163,9 @@ LogLevel VERBOSE
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def stop(self) -> None:
+        self._stop_sshd()
         self.store.ssh_port = None
         if os.environ.get("BOOKLAB_KEEP_SSHD_DIR"):
             print(f"sshd directory kept: {self.dir}", file=sys.stderr)

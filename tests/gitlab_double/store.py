@@ -3,8 +3,10 @@ OAuth applications and tokens, deploy keys, browser sessions.
 
 Permission rules live here too, so that every handler asks one place:
 effective access is the highest of a user's direct project membership, their
-membership in the project's group or any ancestor group, and ownership of a
-personal namespace (GitLab's inheritance).
+membership in the project's group or any ancestor group, ownership of a
+personal namespace (GitLab's inheritance), and, for every group the project is
+shared with (``POST /projects/:id/share``), the lower of the user's role in that
+group (or its ancestors) and the share's ``group_access``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
 ACCESS_LEVELS = (5, GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER)
 VISIBILITIES = ("private", "internal", "public")
+# what POST /projects/:id/share takes as group_access (GitLab's Access.values: no Owner)
+SHARE_LEVELS = (GUEST, REPORTER, DEVELOPER, MAINTAINER)
 
 # Scopes GitLab knows; an OAuth application may register any subset.
 KNOWN_SCOPES = frozenset({
@@ -128,6 +132,20 @@ class DeployKey:
 
 
 @dataclass
+class Share:
+    """A project shared with a group: its members get at most ``group_access``."""
+    id: int
+    project_id: int
+    group_id: int
+    group_access: int
+    expires_at: date | None = None
+
+    def active(self, today: date | None = None) -> bool:
+        # GitLab's Expirable: a share is gone from the start of its expiry date
+        return self.expires_at is None or self.expires_at > (today or utcnow().date())
+
+
+@dataclass
 class Session:
     user_id: int | None = None
     return_to: str | None = None
@@ -147,7 +165,8 @@ class Store:
         # seconds every REST, OAuth and git-over-HTTP answer waits: GitLab over a network
         self.latency = 0.0
         self.lock = threading.RLock()
-        self._ids = {k: itertools.count(1) for k in ("user", "ns", "project", "app", "key")}
+        self._ids = {k: itertools.count(1)
+                     for k in ("user", "ns", "project", "app", "key", "share")}
         self.users: dict[int, User] = {}
         self.groups: dict[int, Group] = {}
         self.projects: dict[int, Project] = {}
@@ -162,6 +181,8 @@ class Store:
         # (project id, key id) -> can_push
         self.key_links: dict[tuple[int, int], bool] = {}
         self.sessions: dict[str, Session] = {}
+        # (project id, group id) -> the share of that project with that group
+        self.shares: dict[tuple[int, int], Share] = {}
 
     def next_id(self, kind: str) -> int:
         return next(self._ids[kind])
@@ -220,12 +241,27 @@ class Store:
             return 0
         return self.group_access(user, self.groups[project.group_id])
 
+    def share_access(self, user: User | None, project: Project) -> int:
+        """Access through the groups the project is shared with (and their parents'
+        members): never more than the share's ``group_access``."""
+        if user is None:
+            return 0
+        return max((min(self.group_access(user, self.groups[s.group_id]), s.group_access)
+                    for s in list(self.shares.values())
+                    if s.project_id == project.id and s.active()), default=0)
+
     def project_access(self, user: User | None, project: Project) -> int:
+        """The effective role (GitLab's project_authorizations): what role rules use."""
         if user is None:
             return 0
         direct = self.members.get(("project", project.id, user.id), 0)
         owner = OWNER if project.owner_id == user.id else 0
-        return max(direct, owner, self.group_access_for_project(user, project))
+        return max(direct, owner, self.group_access_for_project(user, project),
+                   self.share_access(user, project))
+
+    def project_shares(self, project: Project) -> list[Share]:
+        return sorted((s for s in list(self.shares.values()) if s.project_id == project.id),
+                      key=lambda s: s.group_id)
 
     def can_see_project(self, user: User | None, project: Project) -> bool:
         if project.visibility == "public":
