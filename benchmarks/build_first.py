@@ -28,20 +28,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
-import docker
-from benchmarks.launch_cached import RUNNER_ID, cleanup, direct_launch
-from booklab_spawner.keys import Keys
-from booklab_spawner.runner.app import Runner, RunnerApp
+from benchmarks.launch_cached import direct_launch, runner_stack
 from booklab_spawner.runner.build import R2D_CONFIG
 from tests.conftest_runner import RT_DOCKERFILE, LaunchDouble, notebook
 from tests.gitlab_double import GitLabDouble
-from tests.services import RedisServer
 
 BARE_PREFIX = "booklab-bench-bare/"
 
@@ -79,36 +72,14 @@ def bare_build(gl: GitLabDouble, sha: str, work: Path) -> tuple[float, str]:
 
 
 async def run(runs: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="booklab-bench-build-"))
-    server = RedisServer(tmp / "redis").start()
-    gl = GitLabDouble(tmp / "gitlab")
-    gl.start()
-    gl.add_user("alice", password="alice-pw")
-    gl.add_project("demo/hello", files={"Dockerfile": dockerfile("warm"),
-                                        "hello.ipynb": notebook("# bench")})
-    gl.add_member("demo/hello", "alice", 40)
-    token, keys = secrets.token_hex(32), Keys("booklab-bench:")
-    redis = aioredis.from_url(server.url, decode_responses=True)
-    launcher = LaunchDouble(redis, keys, token, gl)
-    app = RunnerApp(runner_id=RUNNER_ID, redis_url=server.url, runner_token=token,
-                    work_dir=str(tmp / "work"), key_prefix=keys.prefix)
-    runner = Runner(app)
-    task = asyncio.create_task(runner.run())
-    client = docker.from_env(version="auto")
-    try:
-        await report(launcher, client, gl, runs, tmp)
-    finally:
-        runner.stopping.set()
-        await task
-        cleanup(client)
-        for image in client.images.list():
-            for tag in image.tags:
-                if tag.startswith(BARE_PREFIX):
-                    client.images.remove(tag, force=True)
-        await redis.aclose()
-        gl.stop()
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    async with runner_stack(dockerfile("warm")) as (launcher, client, gl, tmp):
+        try:
+            await report(launcher, client, gl, runs, tmp)
+        finally:
+            for image in client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(BARE_PREFIX):
+                        client.images.remove(tag, force=True)
 
 
 async def report(launcher, client, gl: GitLabDouble, runs: int, tmp: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import shutil
 import socket
@@ -78,13 +79,16 @@ async def direct_launch(client: docker.DockerClient, image: str, token: str) -> 
     return elapsed
 
 
-async def run(runs: int) -> None:
+@contextlib.asynccontextmanager
+async def runner_stack(dockerfile: str = RT_DOCKERFILE):
+    """Redis, the GitLab double with demo/hello, an in-process runner and the tests'
+    launcher: ``(launcher, docker client, double, work dir)``; all gone afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="booklab-bench-"))
     server = RedisServer(tmp / "redis").start()
     gl = GitLabDouble(tmp / "gitlab")
     gl.start()
     gl.add_user("alice", password="alice-pw")
-    gl.add_project("demo/hello", files={"Dockerfile": RT_DOCKERFILE,
+    gl.add_project("demo/hello", files={"Dockerfile": dockerfile,
                                         "hello.ipynb": notebook("# bench")})
     gl.add_member("demo/hello", "alice", 40)
     token, keys = secrets.token_hex(32), Keys("booklab-bench:")
@@ -96,7 +100,7 @@ async def run(runs: int) -> None:
     task = asyncio.create_task(runner.run())
     client = docker.from_env(version="auto")
     try:
-        await report(launcher, client, gl, runs)
+        yield launcher, client, gl, tmp
     finally:
         runner.stopping.set()
         await task
@@ -105,6 +109,11 @@ async def run(runs: int) -> None:
         gl.stop()
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def run(runs: int) -> None:
+    async with runner_stack() as (launcher, client, gl, _):
+        await report(launcher, client, gl, runs)
 
 
 async def report(launcher: LaunchDouble, client, gl: GitLabDouble, runs: int) -> None:

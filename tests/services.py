@@ -6,7 +6,9 @@ every test. ``scripts/test.sh`` installs and starts what is missing.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -274,3 +276,18 @@ def remove_images(client, prefix: str) -> None:
                     client.images.remove(tag)
                 except docker.errors.APIError as e:
                     print(f"left image {tag}: {e.explanation}")
+
+
+def free_subnet(client, under: str) -> ipaddress.IPv4Network:
+    """A random /24 under ``under`` (e.g. "10.231.0.0/16") that no Docker network
+    and no host route uses: a test's own network never clashes with another's."""
+    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
+            for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    used += [ipaddress.ip_network(line.split()[0]) for line in routes.splitlines()
+             if "/" in line.split()[0]]
+    candidates = list(ipaddress.ip_network(under).subnets(new_prefix=24))
+    for net in random.sample(candidates, len(candidates)):
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise AssertionError(f"no free /24 under {under}")

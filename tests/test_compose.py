@@ -16,9 +16,7 @@ publishes notebooks; notebooks reach the hub API there (hub.connect_url).
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import random
 import re
 import secrets
 import subprocess
@@ -43,6 +41,7 @@ from tests.services import (
     RUNNER_LABEL,
     artifacts_dir,
     free_ports,
+    free_subnet,
     remove_images,
     remove_runner_containers,
     require_docker,
@@ -59,20 +58,6 @@ WORKER_NODE = [REPO / "docker-compose.runner.yml", HERE / "docker-compose.runner
 BUILD_SH = HERE / "build.sh"
 LAB_TIMEOUT = 300_000  # ms: a first build of the demo image on a shared machine
 KEY_PREFIX = "bl-compose:"  # not the default: .env must carry it to all three
-
-
-def free_subnet(client) -> ipaddress.IPv4Network:
-    """A /24 under 10.232.0.0/16 that no Docker network or host route uses."""
-    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
-            for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    used += [ipaddress.ip_network(line.split()[0]) for line in routes.splitlines()
-             if "/" in line.split()[0]]
-    for third in random.sample(range(256), 256):
-        net = ipaddress.ip_network(f"10.232.{third}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise AssertionError("no free /24 under 10.232.0.0/16")
 
 
 def compose_images() -> dict[str, str]:
@@ -118,7 +103,7 @@ def stack(tmp_path, request):
     require_image(client)  # the demo repository's FROM
     images = compose_images()
 
-    net = free_subnet(client)
+    net = free_subnet(client, "10.232.0.0/16")
     gateway = str(net.network_address + 1)
     http_port, hub_api_port, redis_port, gitlab_port = free_ports(4)
     tag = secrets.token_hex(3)

@@ -28,9 +28,11 @@ import redis.asyncio as aioredis
 
 from booklab_spawner.runner.network import NotebookNetwork
 from tests.conftest_runner import LaunchDouble, rt_network
+from tests.services import free_subnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REDIS_PASSWORD = "booklab-test-redis"
+SUBNETS = "10.231.0.0/16"  # this suite's own Docker networks come from here
 
 # run inside a notebook container: connect to argv[1]:argv[2], say what happened
 PROBE = (
@@ -49,20 +51,6 @@ PROBE = (
 def probe(container, host: str, port: int) -> str:
     code, out = container.exec_run(["python3", "-c", PROBE, host, str(port)])
     return out.decode(errors="replace").strip()
-
-
-def free_subnet(client) -> str:
-    """A /24 under 10.231.0.0/16 that no Docker network or host route uses."""
-    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
-            for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    used += [ipaddress.ip_network(line.split()[0]) for line in routes.splitlines()
-             if "/" in line.split()[0]]
-    for third in random.sample(range(256), 256):
-        net = ipaddress.ip_network(f"10.231.{third}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise AssertionError("no free /24 under 10.231.0.0/16")
 
 
 @contextmanager
@@ -134,7 +122,7 @@ def runner_rules(name: str) -> list[str]:
 
 async def test_notebooks_reach_neither_each_other_nor_the_host_nor_redis(
         launcher, rt_runners, rt_docker, demo_project, tmp_path):
-    subnet = free_subnet(rt_docker)
+    subnet = str(free_subnet(rt_docker, SUBNETS))
     gateway = str(ipaddress.ip_network(subnet)[1])
     hub_port = random.randrange(20000, 30000)  # stands for the hub API on this host
     launcher.conf.network = "bridge"
@@ -246,7 +234,7 @@ def far_host(rt_docker, tmp_path):
     routed from the runner host, running a real redis-server and a TCP service."""
     tag = secrets.token_hex(2)
     ns, veth, peer = f"blt-{tag}", f"blt{tag}h", f"blt{tag}n"
-    net = ipaddress.ip_network(free_subnet(rt_docker))
+    net = free_subnet(rt_docker, SUBNETS)
     host_ip, far_ip = str(net[1]), str(net[2])
     procs: list[subprocess.Popen] = []
 

@@ -44,17 +44,22 @@ def _gitlab_config(clone_method: str, known_hosts: str | None) -> dict:
     return {"gitlab": config}
 
 
-@pytest.mark.parametrize("clone_method,known_hosts,expected", CASES,
-                         ids=[f"{m}-{'hostkey' if k is None else 'nohostkey'}"
-                              for m, k, _ in CASES])
-async def test_clone_credential(inproc_hub, clone_method, known_hosts, expected):
-    hub = await inproc_hub(_gitlab_config(clone_method, known_hosts))
+async def _each_gets(hub, expected: dict[str, str]) -> None:
+    """Log each user in and check the credential their launch gets (or the refusal)."""
     for user, outcome in expected.items():
         await hub.login(user)
         if outcome in (SSH, PROXY):
             await _launches_with(hub, user, outcome)
         else:
             await _is_refused(hub, user, outcome)
+
+
+@pytest.mark.parametrize("clone_method,known_hosts,expected", CASES,
+                         ids=[f"{m}-{'hostkey' if k is None else 'nohostkey'}"
+                              for m, k, _ in CASES])
+async def test_clone_credential(inproc_hub, clone_method, known_hosts, expected):
+    hub = await inproc_hub(_gitlab_config(clone_method, known_hosts))
+    await _each_gets(hub, expected)
 
 
 async def _is_refused(hub, user: str, message: str) -> None:
@@ -100,9 +105,4 @@ async def test_clone_credential_through_a_group_share(inproc_hub, clone_method, 
         hub.gitlab.add_user(user, password=f"{user}-pw")
         hub.gitlab.add_member("partners", user, role)
     hub.gitlab.share_project("demo/hello", "partners", group_access)
-    for user, outcome in expected.items():
-        await hub.login(user)
-        if outcome in (SSH, PROXY):
-            await _launches_with(hub, user, outcome)
-        else:
-            await _is_refused(hub, user, outcome)
+    await _each_gets(hub, expected)
