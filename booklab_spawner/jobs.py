@@ -99,6 +99,15 @@ _LUA_STATES = json.dumps({
     "early": {s.value: True for s in EARLY}, "final": {s.value: True for s in TERMINAL},
 })
 
+def start_timeout_message(seconds: float) -> str:
+    """Why a launch failed in the ``starting`` phase. Hub and runner both time that
+    phase with runners.container_start_timeout and either may notice first: one text,
+    so the person reads the same whichever wrote the job's error."""
+    return (f"The notebook server did not start within the container start timeout "
+            f"({seconds:g} s): check the build log for errors of jupyterhub-singleuser, "
+            "or ask the hub's operator to raise runners.container_start_timeout")
+
+
 def new_job_id() -> str:
     """A random, URL- and key-safe job id."""
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + secrets.token_hex(6)

@@ -46,6 +46,7 @@ from .jobs import (
     TERMINAL,
     JobStore,
     new_job_id,
+    start_timeout_message,
 )
 from .keys import DEFAULT_PREFIX, Keys
 from .launch_events import LaunchEvents
@@ -414,9 +415,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
                    "hub's operator to check the runner or raise runners.build_timeout, or "
                    "make the environment smaller")
         else:
-            msg = (f"The notebook server did not start within the container start timeout "
-                   f"({self.container_start_timeout} s): check the build log for errors of "
-                   "jupyterhub-singleuser")
+            msg = start_timeout_message(self.container_start_timeout)
         self.log.warning("Job %s of %s: %s", job_id, self._log_name, msg)
         await self._abort(job_id, msg)
         raise SpawnFailed(msg, 504)

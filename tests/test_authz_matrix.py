@@ -150,10 +150,13 @@ class World:
             # through Booklab's launch form, as alice would (it makes room within the
             # server limit; JupyterHub's API counts her stopped servers too)
             alice = self.sessions[ALICE]
+            # a fresh XSRF token, as a browser has from the page it posts from (JupyterHub
+            # binds it to the login cookie, which it renews now and then)
+            alice.get(self.hub.url + "/hub/booklab/", timeout=30)
             r = alice.post(self.hub.url + "/hub/booklab/launch", allow_redirects=False,
                            timeout=60, data={"_xsrf": alice.cookies.get("_xsrf"),
                                              "project": "demo/hello", "ref": ref})
-            assert r.status_code == 302, r.text[-1000:]
+            assert r.status_code == 302, (r.status_code, r.text[:1500])
         job = wait_for(lambda: (j := self.job_of(name)) and j["state"] == QUEUED and j,
                        f"a queued job for alice/{name}")
         return name, job["id"]

@@ -18,7 +18,8 @@ NO_RUNNER = ("No runner took the job within 1 s — no runner is alive: ask the 
              "operator to start booklab-runner")
 ALL_BUSY = "No runner took the job within 1 s — all 1 runners are busy: try again later"
 NOT_LISTENING = ("The notebook server did not start within the container start timeout "
-                 "(1 s): check the build log for errors of jupyterhub-singleuser")
+                 "(1 s): check the build log for errors of jupyterhub-singleuser, or ask "
+                 "the hub's operator to raise runners.container_start_timeout")
 
 
 async def _no_runner(hub) -> None:

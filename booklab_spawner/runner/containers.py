@@ -37,6 +37,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 import docker
 
 from ..exceptions import LaunchFailed
+from ..jobs import start_timeout_message
 from .exits import ExitWatcher
 from .network import NotebookNetwork
 
@@ -194,7 +195,7 @@ class Launcher:
                     info = await self.exit_info(container_id, died.result())
                     raise ContainerExited(exit_message(info, "while starting"), info)
                 if time.monotonic() > deadline:
-                    raise LaunchFailed(_start_timeout_message(timeout, port))
+                    raise LaunchFailed(start_timeout_message(timeout))
                 await asyncio.wait({died}, timeout=READY_EVERY)
         finally:
             died.cancel()
@@ -364,15 +365,6 @@ def _free_port(host: str) -> int:
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def _start_timeout_message(timeout: float, port: str) -> str:
-    # worded as the hub's own timeout for this phase: whichever notices first, users
-    # read the same message
-    return (f"The notebook server did not start within the container start timeout "
-            f"({timeout:g} s): nothing listened on port {port}; check the build log for "
-            "errors of jupyterhub-singleuser, or ask the hub's operator to raise "
-            "runners.container_start_timeout")
 
 
 async def _connects(host: str, port: int) -> bool:
