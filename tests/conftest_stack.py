@@ -10,8 +10,10 @@ from the test's. Unit-level spawner tests may still use MockHub later.)
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -269,6 +271,19 @@ c.JupyterHub.log_level = "DEBUG"
 
     def proxied(self, path: str) -> str:
         return urljoin(self.url, path)
+
+
+_XSRF_INPUT = re.compile(r'name="_xsrf" value="([^"]+)"')
+
+
+def form_xsrf(session: requests.Session, hub: Hub) -> str:
+    """The XSRF token a browser posts: the one in the form of the page it has just
+    loaded (the picker). It matches the cookie the hub checks next; a token read from
+    the cookie jar may not (JupyterHub ties it to the login cookie, and renews both)."""
+    page = session.get(hub.url + "/hub/booklab/", timeout=30)
+    found = _XSRF_INPUT.search(page.text)
+    assert found, f"no XSRF token in the picker page ({page.status_code})"
+    return html.unescape(found.group(1))
 
 
 class RunnerProcess(Process):

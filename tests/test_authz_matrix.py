@@ -24,6 +24,7 @@ import requests
 from booklab_spawner.jobs import QUEUED, TERMINAL
 from booklab_spawner.names import server_name
 from tests.conftest_pages import PagesHub, seed_pages
+from tests.conftest_stack import form_xsrf
 from tests.gitlab_double import GitLabDouble
 
 pytestmark = [pytest.mark.slow]
@@ -150,11 +151,8 @@ class World:
             # through Booklab's launch form, as alice would (it makes room within the
             # server limit; JupyterHub's API counts her stopped servers too)
             alice = self.sessions[ALICE]
-            # a fresh XSRF token, as a browser has from the page it posts from (JupyterHub
-            # binds it to the login cookie, which it renews now and then)
-            alice.get(self.hub.url + "/hub/booklab/", timeout=30)
             r = alice.post(self.hub.url + "/hub/booklab/launch", allow_redirects=False,
-                           timeout=60, data={"_xsrf": alice.cookies.get("_xsrf"),
+                           timeout=60, data={"_xsrf": form_xsrf(alice, self.hub),
                                              "project": "demo/hello", "ref": ref})
             assert r.status_code == 302, (r.status_code, r.text[:1500])
         job = wait_for(lambda: (j := self.job_of(name)) and j["state"] == QUEUED and j,

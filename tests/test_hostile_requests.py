@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from booklab_hub.handlers.buildlog import MAX_STREAMS_PER_USER, EventStream
 from booklab_spawner import validate as check
-from tests.conftest_stack import Hub, seed_demo
+from tests.conftest_stack import Hub, form_xsrf, seed_demo
 from tests.gitlab_double import GitLabDouble
 from tests.hostile_inputs import HUB, hostile_text, sneaky_text
 from tests.services import artifacts_dir
@@ -161,7 +161,7 @@ def test_invisible_characters_in_a_launch_link_ref_get_400(hr_hub, alice, char):
     before = job_ids(hr_hub)
     url = hr_hub.url + LINK + quote(f"ma{char}in", safe="")
     for r in (alice.get(url, timeout=60),  # the confirmation page (or, before, the launch)
-              alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60)):
+              alice.post(url, data={"_xsrf": form_xsrf(alice, hr_hub)}, timeout=60)):
         assert r.status_code == 400, (r.request.method, r.status_code, r.text[-1500:])
         assert "Invalid branch, tag or commit" in message_of(r)
         assert char not in r.text  # the message shows the code point, not the character
@@ -173,7 +173,7 @@ def test_invisible_characters_in_a_launch_link_ref_get_400(hr_hub, alice, char):
 def test_invisible_characters_in_the_picker_form_get_400(hr_hub, alice, char):
     before = job_ids(hr_hub)
     r = alice.post(hr_hub.url + "/hub/booklab/launch", timeout=60, data={
-        "_xsrf": alice.cookies.get("_xsrf"), "project": "demo/hello", "ref": f"ma{char}in"})
+        "_xsrf": form_xsrf(alice, hr_hub), "project": "demo/hello", "ref": f"ma{char}in"})
     assert r.status_code == 400, (r.status_code, r.text[-1500:])
     assert "Invalid branch, tag or commit" in message_of(r)
     assert job_ids(hr_hub) == before
@@ -208,7 +208,7 @@ def test_launch_link_refuses_paths_that_leave_the_server(hr_hub, alice, param, v
         value = "../" + value  # under lab/tree/ these alone are harmless file names
     url = hr_hub.url + LINK + "main?" + urlencode({param: value})
     for r in (alice.get(url, timeout=60, allow_redirects=False),
-              alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60,
+              alice.post(url, data={"_xsrf": form_xsrf(alice, hr_hub)}, timeout=60,
                          allow_redirects=False)):
         assert r.status_code == 400, (r.request.method, r.status_code, r.text[-1500:])
         assert "The path to open in the server" in message_of(r)
@@ -367,7 +367,7 @@ def test_property_launch_links_never_fail_with_500(hr_hub, alice, queued, projec
     url = f"{direct(hr_hub)}/hub/booklab/v2/gl/{seg(project)}/{seg(ref)}?{query(**{param: path})}"
     with no_server_errors(hr_hub):
         if post:
-            r = alice.post(url, data={"_xsrf": alice.cookies.get("_xsrf")}, timeout=60,
+            r = alice.post(url, data={"_xsrf": form_xsrf(alice, hr_hub)}, timeout=60,
                            allow_redirects=False)
         else:
             r = alice.get(url, timeout=60, allow_redirects=False)
@@ -380,7 +380,7 @@ def test_property_launch_links_never_fail_with_500(hr_hub, alice, queued, projec
 @given(project=PROJECTS, ref=REFS, sha=st.one_of(st.just(""), hostile_text(4)))
 def test_property_the_picker_form_never_fails_with_500(hr_hub, alice, queued, project, ref,
                                                        sha):
-    body = {"_xsrf": alice.cookies.get("_xsrf"), "project": enc(project), "ref": enc(ref),
+    body = {"_xsrf": form_xsrf(alice, hr_hub), "project": enc(project), "ref": enc(ref),
             "sha": enc(sha)}
     with no_server_errors(hr_hub):
         r = alice.post(direct(hr_hub) + "/hub/booklab/launch", data=body, timeout=60,
@@ -439,7 +439,7 @@ def test_property_stop_picker_and_admin_pages_never_fail_with_500(hr_hub, alice,
         return
     base = direct(hr_hub) + "/hub/booklab"
     with no_server_errors(hr_hub):
-        r = alice.post(base + "/stop", data={"_xsrf": alice.cookies.get("_xsrf"),
+        r = alice.post(base + "/stop", data={"_xsrf": form_xsrf(alice, hr_hub),
                                              "name": enc(name)}, timeout=60,
                        allow_redirects=False)
         assert_handled(r)
@@ -447,7 +447,7 @@ def test_property_stop_picker_and_admin_pages_never_fail_with_500(hr_hub, alice,
             r = session.get(f"{base}{path}?{query(message=message)}", timeout=60)
             assert_handled(r)
         r = admin.post(f"{base}/admin/jobs/{job}/cancel",
-                       data={"_xsrf": admin.cookies.get("_xsrf")}, timeout=60,
+                       data={"_xsrf": form_xsrf(admin, hr_hub)}, timeout=60,
                        allow_redirects=False)
         assert_handled(r)
     assert rdb(hr_hub).hget(hr_hub.keys.job(queued['id']), "state") == "queued"
