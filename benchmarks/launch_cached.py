@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 import docker
 from booklab_spawner.keys import Keys
 from booklab_spawner.runner.app import Runner, RunnerApp
-from booklab_spawner.runner.containers import _can_connect
+from booklab_spawner.runner.containers import _connects
 from tests.conftest_runner import RT_DOCKERFILE, SERVER_CMD, LaunchDouble, notebook
 from tests.gitlab_double import GitLabDouble
 from tests.services import RedisServer
@@ -51,7 +51,7 @@ def free_port() -> int:
 
 async def wait_port(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(_can_connect, "127.0.0.1", port):
+    while not await _connects("127.0.0.1", port):
         if time.monotonic() > deadline:
             raise TimeoutError(f"port {port} did not open")
         await asyncio.sleep(0.02)

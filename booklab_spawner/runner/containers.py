@@ -374,11 +374,3 @@ async def _connects(host: str, port: int) -> bool:
         return False
     writer.close()
     return True
-
-
-def _can_connect(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
