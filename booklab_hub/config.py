@@ -104,6 +104,15 @@ SETTINGS: list[Setting] = [
     Setting("hub.named_server_limit_per_user", int, 3, "Servers one person may have "
             "running or starting at a time (0: no limit). Booklab removes a person's "
             "stopped servers to make room for a new launch.", check=_non_negative),
+    Setting("hub.concurrent_spawn_limit", int, 100, "Launches the hub lets be pending "
+            "(queued, building or starting) at once; one more gets HTTP 429 'Too many users "
+            "trying to log in right now' (0: no limit). JupyterHub's own default is 100. "
+            "Queued launches count: raise it above your runners' total slots when bursts "
+            "(a class starting together) should queue for a slot instead of being turned "
+            "away; docs/performance.md.", check=_non_negative),
+    Setting("hub.active_server_limit", int, 0, "Servers running or pending on the whole "
+            "hub at once; one more launch gets HTTP 429 (0: no limit, JupyterHub's default).",
+            check=_non_negative),
     Setting("hub.admin_users", list, [], "GitLab user names that are JupyterHub admins."),
     Setting("hub.db_url", str, "sqlite:///jupyterhub.sqlite", "JupyterHub database URL."),
     Setting("hub.data_dir", str, ".", "Directory for the hub's database, cookie secret."),
@@ -342,6 +351,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.spawner_class = "booklab"
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = s["hub.named_server_limit_per_user"]
+    c.JupyterHub.concurrent_spawn_limit = s["hub.concurrent_spawn_limit"]
+    c.JupyterHub.active_server_limit = s["hub.active_server_limit"]
     if s["hub.subdomain_host"]:
         c.JupyterHub.subdomain_host = s["hub.subdomain_host"].rstrip("/")
     # notebooks run on runners, not inside the hub: a hub restart reattaches to them
