@@ -246,3 +246,22 @@ def test_spawn_limits_are_not_negative(tmp_path, key):
     with pytest.raises(ConfigError) as exc:
         load(write(tmp_path, {**GOOD, "hub": {key: -1}}), environ={})
     assert f"hub.{key}" in str(exc.value)
+
+
+def test_http_max_clients_widens_every_shared_http_client_of_the_hub(tmp_path):
+    """oauthenticator's token check and the git proxy use Tornado's shared client, 10
+    requests at once by default: a burst of launches queued behind it and failed."""
+    from tornado.httpclient import AsyncHTTPClient
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+
+    saved = AsyncHTTPClient._save_configuration()
+    try:
+        apply(Config(), load(write(tmp_path, GOOD), environ={}))
+        assert AsyncHTTPClient(force_instance=True).max_clients == 100
+        apply(Config(), load(write(tmp_path, {**GOOD, "hub": {"http_max_clients": 250}}),
+                             environ={}))
+        assert AsyncHTTPClient(force_instance=True).max_clients == 250
+    finally:
+        AsyncHTTPClient._restore_configuration(saved)
