@@ -46,8 +46,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -293,7 +295,11 @@ class Burst:
             self.s, self.api = s, api
             side = [asyncio.create_task(t) for t in (self.watch(), self.probe(), self.sample())]
             self.start = time.perf_counter()
-            await asyncio.gather(*(self.one(launch) for launch in self.launches))
+            outcomes = await asyncio.gather(*(self.one(launch) for launch in self.launches),
+                                            return_exceptions=True)
+            for launch, outcome in zip(self.launches, outcomes, strict=True):
+                if isinstance(outcome, BaseException) and not launch.error:
+                    launch.error = f"driver: {type(outcome).__name__}: {outcome}"[:200]
             self.end = time.perf_counter()
             self.done.set()
             await asyncio.gather(*side)
@@ -344,18 +350,22 @@ class Burst:
         launch.error = "api/status never 200 through the proxy"
 
     async def stop(self, launch: Launch, url: str) -> None:
-        async with self.s.delete(url, headers=self.auth) as r:
-            status = r.status
-        if status not in (202, 204):
-            launch.error = f"DELETE {status}"
+        try:
+            async with self.s.delete(url, headers=self.auth) as r:
+                status = r.status
+            if status not in (202, 204):
+                launch.error = f"DELETE {status}"
+                return
+            user_url = f"{self.api}/users/{launch.user}"
+            while status == 202:  # still stopping: until the server is gone
+                await asyncio.sleep(0.5)
+                async with self.s.get(user_url, headers=self.auth) as r:
+                    servers = (await r.json()).get("servers", {}) if r.status == 200 else {}
+                if launch.server not in servers:
+                    break
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            launch.error = f"stop: {type(e).__name__}"
             return
-        user_url = f"{self.api}/users/{launch.user}"
-        while status == 202:  # still stopping: until the server is gone
-            await asyncio.sleep(0.5)
-            async with self.s.get(user_url, headers=self.auth) as r:
-                servers = (await r.json()).get("servers", {})
-            if launch.server not in servers:
-                break
         launch.stopped = time.perf_counter()
 
     async def watch(self) -> None:
@@ -444,6 +454,27 @@ def claims(runners: list[RunnerProcess]) -> tuple[Counter, dict[str, set[str]]]:
     return count, who
 
 
+PHASES = ("queued", "claimed", "fetching", "building", "starting", "running", "stopping",
+          "stopped")
+
+
+def phase_seconds(hub: Hub, jobs: list[dict]) -> dict[str, dict[str, float]]:
+    """Median and p95 seconds from each state to the next one the job reached, read
+    from the state entries of every job's log stream (their ``ts``)."""
+    r = hub.redis()
+    spans: dict[str, list[float]] = {}
+    for job in jobs:
+        first: dict[str, float] = {}
+        for _, entry in r.xrange(hub.keys.log(job["id"])):
+            if entry.get("kind") == "state" and entry.get("state") not in first:
+                first[entry["state"]] = float(entry["ts"])
+        reached = [p for p in PHASES if p in first]
+        for a, b in zip(reached, reached[1:], strict=False):
+            spans.setdefault(f"{a} -> {b}", []).append(first[b] - first[a])
+    return {name: {"p50": round(statistics.median(v), 2), "p95": round(percentile(v, 95), 2),
+                   "n": len(v)} for name, v in spans.items()}
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -528,6 +559,7 @@ def analyse(stack: Stack, burst: Burst, idle_before: list[float]) -> dict:
                        "p99": round(percentile(burst.probes, 99) * 1000, 1),
                        "max": round(max(burst.probes, default=float("nan")) * 1000, 1)},
         "peak_running": peak["running"],
+        "phases_s": phase_seconds(hub, jobs),
         "processes": procs,
         "runner_rss_mb_idle_before": {"median": round(statistics.median(idle_before), 1),
                                       "max": round(max(idle_before), 1)},
@@ -596,11 +628,15 @@ def report(out: dict) -> None:
               f"(+{p['rss_mb_growth_per_100_running']} MB per 100 running)")
     print(f"idle runner RSS: before {out['runner_rss_mb_idle_before']}, after "
           f"{out['runner_rss_mb_idle_after']} MB")
+    print("job phases (from the job logs), p50 / p95 s: " + ", ".join(
+        f"{name} {v['p50']} / {v['p95']}" for name, v in out["phases_s"].items()))
     for example in out.get("lost_examples", []):
         print(f"  lost: {example}")
 
 
 def main() -> None:
+    # a SIGTERM (timeout, kill) unwinds through results()' finally: no hosts left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="1 host, 4 runners, 20 launches")

@@ -29,6 +29,8 @@ import asyncio
 import json
 import os
 import platform
+import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -119,6 +121,10 @@ def main() -> int:
                  "args": vars(args), "rows": [], "failed": {}}
     runners = {"launch_hub": run_launch_hub, "launch_cached": run_launch_cached,
                "build_first": run_build_first, "load": run_load}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{started}.json"
+    # a SIGTERM unwinds through each benchmark's clean-up; what ran is in the file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
@@ -133,9 +139,8 @@ def main() -> int:
         else:
             out["rows"] += [{"benchmark": name, **row} for row in result or []]
         out.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+        path.write_text(json.dumps(out, indent=2, default=str) + "\n")  # so far
     out["machine"]["load_avg_at_end"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{started}.json"
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print("\n" + table(out["rows"]))
     if "load" in out:
