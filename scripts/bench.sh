@@ -13,4 +13,4 @@ mkdir -p benchmarks/results
 bash scripts/setup-system.sh > benchmarks/results/setup.log 2>&1 \
     || { tail -n 30 benchmarks/results/setup.log >&2; exit 1; }
 bash tests/images/build.sh >/dev/null  # the local notebook base image (cached)
-exec .venv/bin/python -m benchmarks.suite "$@"
+PYTHONUNBUFFERED=1 exec .venv/bin/python -m benchmarks.suite "$@"
