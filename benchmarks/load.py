@@ -332,7 +332,7 @@ class Burst:
         if launch.error:
             return
         await self.check_status(launch)
-        await self.stop(launch, url)
+        await self.stop(launch, url)  # also when api/status failed: free the slot
 
     async def check_status(self, launch: Launch) -> None:
         url = f"{self.hub.url}/user/{launch.user}/{launch.server}/api/status"
@@ -380,6 +380,7 @@ class Burst:
                 continue
             now = time.perf_counter()
             ready = {key for key, is_ready in active.items() if is_ready}
+            missing: list[Launch] = []
             self.running = len(ready)
             self.peak_running = max(self.peak_running, self.running)
             for launch in self.launches:
@@ -389,9 +390,30 @@ class Burst:
                     launch.ready = now
                     launch.event.set()
                 elif launch.key not in active and launch.answered < asked:
+                    missing.append(launch)
+            # the paged listing shifts while servers come and go: ask the user itself
+            for launch in missing:
+                state = await self.server_state(launch)
+                if state == "ready":
+                    launch.ready = time.perf_counter()
+                    launch.event.set()
+                elif state == "gone":
                     launch.error = "spawn failed (the hub dropped the pending server)"
                     launch.event.set()
             await asyncio.sleep(0.25)
+
+    async def server_state(self, launch: Launch) -> str:
+        """"ready", "pending" or "gone" as ``GET /users/<name>`` says ("" if no answer)."""
+        try:
+            async with self.s.get(f"{self.api}/users/{launch.user}", headers=self.auth) as r:
+                if r.status != 200:
+                    return ""
+                server = (await r.json()).get("servers", {}).get(launch.server)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return ""
+        if server is None:
+            return "gone"
+        return "ready" if server.get("ready") else "pending"
 
     async def active_servers(self) -> dict[tuple[str, str], bool] | None:
         """(user, server) -> ready, of every active server (None: the hub did not answer)."""
@@ -492,7 +514,8 @@ def analyse(stack: Stack, burst: Burst, idle_before: list[float]) -> dict:
     jobs = [j for j in hub.jobs() if j.get("server_name") == "load"]
     # the stops were asked for; give the records a moment to say "stopped"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(j.get("state") != "stopped" for j in jobs):
+    while time.monotonic() < deadline and any(j.get("state") not in ("stopped", "failed")
+                                              for j in jobs):
         time.sleep(1)
         jobs = [j for j in hub.jobs() if j.get("server_name") == "load"]
     states = Counter(j.get("state", "?") for j in jobs)
