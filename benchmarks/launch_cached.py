@@ -111,12 +111,12 @@ async def runner_stack(dockerfile: str = RT_DOCKERFILE):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def run(runs: int) -> None:
+async def run(runs: int) -> list[dict]:
     async with runner_stack() as (launcher, client, gl, _):
-        await report(launcher, client, gl, runs)
+        return await report(launcher, client, gl, runs)
 
 
-async def report(launcher: LaunchDouble, client, gl: GitLabDouble, runs: int) -> None:
+async def report(launcher: LaunchDouble, client, gl: GitLabDouble, runs: int) -> list[dict]:
     sha = gl.commit("demo/hello", "main", {"warm.ipynb": notebook("# warm")})
     job_id = await launcher.launch("demo/hello", sha)  # builds the image once
     image = (await launcher.wait_state(job_id, "running"))["image"]
@@ -132,6 +132,8 @@ async def report(launcher: LaunchDouble, client, gl: GitLabDouble, runs: int) ->
     print(f"docker-py run (create -> listening), median {mb:.3f} s, min {min(base):.3f} s")
     print(f"ratio booklab/docker median: {mo / mb:.2f}, min: {min(ours) / min(base):.2f}")
     print(f"overhead, median: {mo - mb:+.3f} s")
+    return [{"row": "cached launch on a runner (queue -> running)", "ours_s": mo,
+             "baseline": "docker run", "baseline_s": mb, "runs": runs}]
 
 
 def cleanup(client) -> None:

@@ -137,7 +137,7 @@ def launch(api, url: str, user: str, path: str, body: dict | None) -> float:
     return elapsed
 
 
-def run(runs: int, latency: float) -> None:
+def run(runs: int, latency: float) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="booklab-bench-hub-"))
     redis = RedisServer(tmp / "redis").start()
     gitlab = GitLabDouble(tmp / "gitlab")
@@ -180,6 +180,9 @@ def run(runs: int, latency: float) -> None:
         print(f"dockerspawner POST -> ready -> api/status 200: median {mb:.3f} s, "
               f"min {min(base):.3f} s")
         print(f"ratio booklab/dockerspawner, median: {mo / mb:.2f}")
+        return [{"row": "cold cached launch through the hub", "ours_s": mo,
+                 "baseline": "DockerSpawner", "baseline_s": mb, "target": 0.65,
+                 "runs": runs, "gitlab_latency_s": latency}]
     finally:
         for proc in reversed(procs):
             proc.stop()

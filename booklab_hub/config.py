@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
+from tornado.httpclient import AsyncHTTPClient
 
 from booklab_hub import TEMPLATE_DIR
 from booklab_spawner import acl
@@ -112,6 +113,20 @@ SETTINGS: list[Setting] = [
     Setting("hub.named_server_limit_per_user", int, 3, "Servers one person may have "
             "running or starting at a time (0: no limit). Booklab removes a person's "
             "stopped servers to make room for a new launch.", check=_non_negative),
+    Setting("hub.concurrent_spawn_limit", int, 100, "Launches the hub lets be pending "
+            "(queued, building or starting) at once; one more gets HTTP 429 'Too many users "
+            "trying to log in right now' (0: no limit). JupyterHub's own default is 100. "
+            "Queued launches count: raise it above your runners' total slots when bursts "
+            "(a class starting together) should queue for a slot instead of being turned "
+            "away; docs/performance.md.", check=_non_negative),
+    Setting("hub.active_server_limit", int, 0, "Servers running or pending on the whole "
+            "hub at once; one more launch gets HTTP 429 (0: no limit, JupyterHub's default).",
+            check=_non_negative),
+    Setting("hub.http_max_clients", int, 100, "HTTP requests the hub makes at once "
+            "(Tornado's shared client: GitLab token checks at every launch, the git proxy's "
+            "fetches, Traefik's API); more wait in a queue and fail after 20 s. Tornado's "
+            "own default, 10, turned most of a burst of launches into errors "
+            "(docs/performance.md).", check=_positive),
     Setting("hub.admin_users", list, [], "GitLab user names that are JupyterHub admins."),
     Setting("hub.db_url", str, "sqlite:///jupyterhub.sqlite", "JupyterHub database URL."),
     Setting("hub.data_dir", str, ".", "Directory for the hub's database, cookie secret."),
@@ -356,6 +371,11 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     c.JupyterHub.spawner_class = "booklab"
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = s["hub.named_server_limit_per_user"]
+    c.JupyterHub.concurrent_spawn_limit = s["hub.concurrent_spawn_limit"]
+    c.JupyterHub.active_server_limit = s["hub.active_server_limit"]
+    # before the hub's event loop makes its first client: every AsyncHTTPClient() of the
+    # process (oauthenticator's, the git proxy's, the proxy API's) is then this wide
+    AsyncHTTPClient.configure(None, max_clients=s["hub.http_max_clients"])
     if s["hub.subdomain_host"]:
         c.JupyterHub.subdomain_host = s["hub.subdomain_host"].rstrip("/")
     # notebooks run on runners, not inside the hub: a hub restart reattaches to them

@@ -25,6 +25,11 @@ _clients: dict[tuple[str, int], aioredis.Redis] = {}
 # reads (XREAD BLOCK up to 5 s in the spawner's progress, BLMOVE/BLPOP): a socket
 # timeout well above the longest block a caller asks for
 SOCKET_TIMEOUT = 30.0
+# every blocking read holds a connection of the pool for its whole block: one per pending
+# launch (the spawner follows its job log) and per open progress/build-log stream.
+# redis-py 8 caps a pool at 100 and raises past it, which a burst of 100 pending launches
+# reached (docs/performance.md); Redis's own maxclients (10000) is the real limit
+MAX_CONNECTIONS = 10_000
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -33,6 +38,7 @@ def connect(url: str) -> aioredis.Redis:
         url,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT,
+        max_connections=MAX_CONNECTIONS,
         health_check_interval=30,
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries=5),

@@ -221,3 +221,47 @@ def test_connect_url_and_key_prefix_come_from_the_environment_as_compose_sets_th
     assert s["redis.key_prefix"] == "bl-compose:"
     with pytest.raises(ConfigError, match=r"hub.connect_url \(or \$BOOKLAB_HUB_CONNECT_URL\)"):
         load(write(tmp_path, GOOD), environ={"BOOKLAB_HUB_CONNECT_URL": "10.0.0.9:8081"})
+
+
+@pytest.mark.parametrize("hub,spawns,active", [
+    ({}, 100, 0),  # JupyterHub's own defaults, set explicitly
+    ({"concurrent_spawn_limit": 600, "active_server_limit": 250}, 600, 250),
+    ({"concurrent_spawn_limit": 0}, 0, 0),
+])
+def test_spawn_limits_reach_jupyterhub(tmp_path, hub, spawns, active):
+    """A burst of launches (docs/performance.md) queues behind JupyterHub's
+    concurrent_spawn_limit; the operator raises it in config.yml."""
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+
+    c = Config()
+    apply(c, load(write(tmp_path, {**GOOD, "hub": hub}), environ={}))
+    assert c.JupyterHub.concurrent_spawn_limit == spawns
+    assert c.JupyterHub.active_server_limit == active
+
+
+@pytest.mark.parametrize("key", ["concurrent_spawn_limit", "active_server_limit"])
+def test_spawn_limits_are_not_negative(tmp_path, key):
+    with pytest.raises(ConfigError) as exc:
+        load(write(tmp_path, {**GOOD, "hub": {key: -1}}), environ={})
+    assert f"hub.{key}" in str(exc.value)
+
+
+def test_http_max_clients_widens_every_shared_http_client_of_the_hub(tmp_path):
+    """oauthenticator's token check and the git proxy use Tornado's shared client, 10
+    requests at once by default: a burst of launches queued behind it and failed."""
+    from tornado.httpclient import AsyncHTTPClient
+    from traitlets.config import Config
+
+    from booklab_hub.config import apply
+
+    saved = AsyncHTTPClient._save_configuration()
+    try:
+        apply(Config(), load(write(tmp_path, GOOD), environ={}))
+        assert AsyncHTTPClient(force_instance=True).max_clients == 100
+        apply(Config(), load(write(tmp_path, {**GOOD, "hub": {"http_max_clients": 250}}),
+                             environ={}))
+        assert AsyncHTTPClient(force_instance=True).max_clients == 250
+    finally:
+        AsyncHTTPClient._restore_configuration(saved)

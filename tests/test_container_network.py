@@ -296,3 +296,20 @@ async def test_notebook_cannot_reach_the_runners_redis_on_another_machine(
         assert (await launcher.stop(job_id))["state"] == "stopped"
     finally:
         await far_redis.aclose()
+
+
+async def test_runners_sharing_an_engine_create_its_network_once(rt_docker):
+    """Several runners on one host start their first bridge launches together (the load
+    benchmark's 10 runners per host did): each ensures the notebook network, one creates
+    it, the others take that one. Docker refuses the losers' creates with 409 (same name)
+    or 403 (same bridge name), and neither may fail a launch."""
+    name = rt_network(f"race-{secrets.token_hex(3)}")
+    networks = [NotebookNetwork(rt_docker, name, firewall=False) for _ in range(8)]
+    try:
+        for _ in range(3):  # the race is lost at random: give it a few chances
+            names = await asyncio.gather(*(n.ensure() for n in networks))
+            assert names == [name] * len(networks)
+            assert len(rt_docker.networks.list(names=[name])) == 1
+            NotebookNetwork(rt_docker, name, firewall=False).remove()
+    finally:
+        NotebookNetwork(rt_docker, name, firewall=False).remove()

@@ -161,8 +161,13 @@ class NotebookNetwork:
                 self.name, driver="bridge", ipam=ipam, labels={LABEL: "1"},
                 options={ICC: "false", BRIDGE_NAME: self.name}, check_duplicate=True)
         except APIError as e:
-            if e.status_code == 409:  # created meanwhile (another runner process)
+            # created meanwhile by another runner process on this engine: Docker says
+            # 409 (same name) or 403 "networks have same bridge name" (ours is fixed);
+            # the winner's network is ours too once check() accepts it
+            try:
                 return self.client.networks.get(self.name)
+            except NotFound:
+                pass
             raise NetworkUnsafe(f"Docker could not create the notebook network "
                                 f"{self.name}: {getattr(e, 'explanation', e)}") from None
 
