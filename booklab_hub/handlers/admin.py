@@ -39,6 +39,15 @@ def _list_field(value: str | None) -> list[str]:
     return [str(v) for v in data] if isinstance(data, list) else [str(data)]
 
 
+def _warm_field(value: str | None) -> list[tuple[str, int]]:
+    """``[(image, warm containers)]`` from a runner's ``warm`` field (runner/warm.py)."""
+    try:
+        data = json.loads(value or "{}")
+        return sorted((str(k), int(v)) for k, v in data.items())
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
 async def runner_rows(redis, keys) -> list[dict]:
     ids = sorted(await redis.smembers(keys.runners))
     now = time.time()
@@ -53,6 +62,7 @@ async def runner_rows(redis, keys) -> list[dict]:
                **{f: info.get(f, "") for f in _RUNNER_FIELDS}}
         row["images"] = _list_field(info.get("images"))
         row["jobs"] = _list_field(info.get("jobs"))
+        row["warm"] = _warm_field(info.get("warm"))
         rows.append(row)
     return rows
 
