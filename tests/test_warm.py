@@ -15,11 +15,19 @@ import requests
 from docker.errors import NotFound
 
 from booklab_spawner.runner.containers import LABEL_RUNNER, LABEL_WARM
-from tests.conftest_hub import jobs_of, start_server, wait_gone, wait_ready, wait_until
+from tests.conftest_hub import DEVELOPER, jobs_of, start_server, wait_gone, wait_ready, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 WARM_READY = b"booklab-warm: ready"
+
+
+@pytest.fixture
+def carol(hb_gitlab):
+    """A second Developer of demo/hello (carol, its Maintainer, would clone over SSH)."""
+    hb_gitlab.add_user("carol", password="carol-pw", name="Carol")
+    hb_gitlab.add_member("demo/hello", "carol", DEVELOPER)
+    return "carol"
 
 
 def warm_hub(make_hub, ttl: int):
@@ -64,29 +72,38 @@ def job_log(hub, job_id: str) -> str:
 
 
 def processes_env(container) -> str:
-    """Every process's environment in the container, as root sees it."""
+    """Every process's environment in the container (all run as the notebook user)."""
     out = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"],
-                             user="0")
-    return out.output.decode(errors="replace")
+                             user="1000")
+    text = out.output.decode(errors="replace")
+    assert "Permission denied" not in text and "PATH=" in text, text
+    return text
+
+
+def docker_env(container) -> list[str]:
+    return container.client.images.get(container.attrs["Image"]).attrs["Config"]["Env"]
 
 
 def assert_holds_nothing_of_anyone(container, users: list[str], files: list[str]) -> None:
     attrs = json.dumps(container.attrs)
     env = processes_env(container)
-    assert "JUPYTERHUB" not in attrs and "JUPYTERHUB" not in env, env
+    image_env = docker_env(container)
+    assert not [e for e in container.attrs["Config"]["Env"] if e not in image_env]
+    assert "JUPYTERHUB_" not in env, env
     for user in users:
         assert f'"{user}"' not in attrs
-    assert set(container.labels) == {LABEL_RUNNER, LABEL_WARM}
+    image_labels = container.client.images.get(container.attrs["Image"]).labels
+    assert set(container.labels) - set(image_labels) == {LABEL_RUNNER, LABEL_WARM}
     listing = container.exec_run(["ls", "-a", "/home/jovyan"]).output.decode()
     for name in files:
         assert name not in listing, listing
 
 
 def test_a_relaunch_binds_a_warm_container_used_once_and_never_shared(
-        make_hub, hb_runner, docker_client):
+        make_hub, hb_runner, docker_client, carol):
     hub = warm_hub(make_hub, ttl=30)
     runner = hb_runner(hub)
-    for user, pw in (("alice", "alice-pw"), ("maria", "maria-pw")):
+    for user, pw in (("alice", "alice-pw"), ("carol", "carol-pw")):
         hub.login(user, pw)
 
     # alice's cold launch; her server writes a file
@@ -103,41 +120,41 @@ def test_a_relaunch_binds_a_warm_container_used_once_and_never_shared(
     # a warm container for the image, holding nothing of anyone yet
     warm = wait_warm(docker_client, runner)
     assert warm.id != first["container"]
-    assert_holds_nothing_of_anyone(warm, ["alice", "maria"], ["alice-only.txt"])
+    assert_holds_nothing_of_anyone(warm, ["alice", "carol"], ["alice-only.txt"])
     assert warm.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert warm.attrs["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     created = warm.attrs["Created"]
 
-    # maria's launch is served by it: her token works, she sees the commit's files
+    # carol's launch is served by it: her token works, she sees the commit's files
     # and nothing of alice's; the token is in no docker inspect field
-    second = launch(hub, "maria", "b")
+    second = launch(hub, "carol", "b")
     assert second["container"] == warm.id
     assert f"Binding warm notebook container {warm.id[:12]}" in job_log(hub, second["id"])
     assert created < time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(second["created"])))
-    token_m = hub.user_token("maria")
-    r = api(hub, "maria", "b", "contents", token_m)
+    token_c = hub.user_token("carol")
+    r = api(hub, "carol", "b", "contents", token_c)
     assert r.status_code == 200, r.text
     names = {item["name"] for item in r.json()["content"]}
     assert "README.md" in names and "alice-only.txt" not in names
-    assert api(hub, "maria", "b", "contents", token_a).status_code in (403, 302, 401)
+    assert api(hub, "carol", "b", "contents", token_a).status_code in (403, 302, 401)
     bound = docker_client.containers.get(warm.id)
     assert bound.name == f"booklab-{second['id']}"
     assert "JUPYTERHUB_API_TOKEN" not in json.dumps(bound.attrs)
-    r = api(hub, "maria", "b", "contents/maria-only.txt", token_m, "PUT",
-            json={"type": "file", "format": "text", "content": "maria's"})
+    r = api(hub, "carol", "b", "contents/carol-only.txt", token_c, "PUT",
+            json={"type": "file", "format": "text", "content": "carol's"})
     assert r.status_code in (200, 201), r.text
-    stop(hub, "maria", "b")
+    stop(hub, "carol", "b")
     with pytest.raises(NotFound):
         docker_client.containers.get(warm.id)
 
     # the next launch gets another, fresh container
     again = wait_warm(docker_client, runner, exclude={warm.id})
-    assert_holds_nothing_of_anyone(again, ["alice", "maria"], ["alice-only.txt",
-                                                                "maria-only.txt"])
+    assert_holds_nothing_of_anyone(again, ["alice", "carol"], ["alice-only.txt",
+                                                                "carol-only.txt"])
     third = launch(hub, "alice", "c")
     assert third["container"] == again.id != warm.id
     names = {i["name"] for i in api(hub, "alice", "c", "contents", token_a).json()["content"]}
-    assert "maria-only.txt" not in names and "alice-only.txt" not in names
+    assert "carol-only.txt" not in names and "alice-only.txt" not in names
     stop(hub, "alice", "c")
 
     # unused, the last one is removed once its image's last launch is warm_ttl old
