@@ -8,6 +8,7 @@ ones."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -105,6 +106,7 @@ def test_a_relaunch_binds_a_warm_container_used_once_and_never_shared(
     runner = hb_runner(hub)
     for user, pw in (("alice", "alice-pw"), ("carol", "carol-pw")):
         hub.login(user, pw)
+    admin = hub.login("admin", "admin-pw")
 
     # alice's cold launch; her server writes a file
     first = launch(hub, "alice", "a")
@@ -124,6 +126,11 @@ def test_a_relaunch_binds_a_warm_container_used_once_and_never_shared(
     assert warm.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert warm.attrs["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     created = warm.attrs["Created"]
+    # the admin page shows it, per runner and image
+    page = admin.get(f"{hub.url}/hub/booklab/admin", timeout=30)
+    row = re.search(rf'<tr data-runner="{runner.runner_id}">.*?</tr>', page.text, re.S)
+    cell = re.search(r'class="small booklab-warm">(.*?)</td>', row.group(0), re.S).group(1)
+    assert re.search(rf'booklab-warm-count">1</span> &times; <code>{re.escape(first["image"])}<', cell)
 
     # carol's launch is served by it: her token works, she sees the commit's files
     # and nothing of alice's; the token is in no docker inspect field

@@ -52,13 +52,22 @@ WARM_CMD = ["jupyterhub-singleuser"]  # only launches with the default command g
 # the notebook server's expensive imports, then one line from stdin, then its main
 ENTRY_CODE = r"""
 import importlib, json, os, sys
-for _m in ("jupyterhub.singleuser", "jupyterhub.singleuser.extension",
-           "jupyter_server.serverapp", "jupyterlab", "jupyterlab.labapp",
-           "jupyter_server_terminals", "jupyter_lsp", "notebook_shim"):
-    try:
-        importlib.import_module(_m)
-    except Exception:
-        pass
+def _load(names):
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+_load(("jupyterhub.singleuser", "jupyterhub.singleuser.extension", "jupyterhub.httpclient",
+       "jupyter_server.serverapp", "jupyterlab", "jupyterlab.labapp", "jupyter_core.migrate",
+       "jupyter_server_terminals", "jupyter_lsp", "jupyter_lsp.virtual_documents_shadow",
+       "notebook_shim", "notebook_shim.nbserver", "jinja2.ext", "httpx", "httpcore", "h11",
+       "IPython", "tornado.platform.asyncio"))
+try:  # the handlers of Jupyter Server's services, as the server app lists them
+    from jupyter_server.serverapp import JUPYTER_SERVICE_HANDLERS as _services
+    _load(m for mods in _services.values() for m in (mods or []))
+except Exception:
+    pass
 sys.stdout.write("booklab-warm: ready\n")
 sys.stdout.flush()
 _line = sys.stdin.buffer.readline()
@@ -116,7 +125,7 @@ class WarmPool:
                  busy: Callable[[], int], holding: Callable[[], int],
                  changed: Callable[[], Awaitable[None]]):
         self.launcher, self.runner_id, self.slots = launcher, runner_id, slots
-        self.busy, self.holding, self.changed = busy, holding, changed
+        self.busy, self.holding, self._publish = busy, holding, changed
         self.size, self.ttl = 1, 600  # the hub's runners.warm_servers / warm_ttl (conf)
         self.recent: dict[Recipe, float] = {}  # recipe -> last launch
         self.warm: dict[str, Warm] = {}
@@ -190,6 +199,13 @@ class WarmPool:
             raise LaunchFailed("Docker refused to hand the warm notebook container over: "
                                f"{getattr(e, 'explanation', None) or e}") from None
         return warm.container_id, warm.url
+
+    async def changed(self) -> None:
+        """Publish the runner's info (best effort: a launch never fails on it)."""
+        try:
+            await self._publish()
+        except Exception as e:  # Redis hiccup: the next heartbeat publishes it
+            log.warning("publishing the warm pool failed: %s", e)
 
     # -- keeping the pool --------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
