@@ -130,7 +130,8 @@ def test_a_relaunch_binds_a_warm_container_used_once_and_never_shared(
     page = admin.get(f"{hub.url}/hub/booklab/admin", timeout=30)
     row = re.search(rf'<tr data-runner="{runner.runner_id}">.*?</tr>', page.text, re.S)
     cell = re.search(r'class="small booklab-warm">(.*?)</td>', row.group(0), re.S).group(1)
-    assert re.search(rf'booklab-warm-count">1</span> &times; <code>{re.escape(first["image"])}<', cell)
+    image = re.escape(first["image"])
+    assert re.search(rf'booklab-warm-count">1</span> &times; <code>{image}<', cell), cell
 
     # carol's launch is served by it: her token works, she sees the commit's files
     # and nothing of alice's; the token is in no docker inspect field
