@@ -12,18 +12,32 @@ Two real JupyterHubs run side by side on host networking, each as deployed:
   configurable-http-proxy) whose DockerSpawner starts the image Booklab built,
   with the same command, until the same two checks pass.
 
-Launches alternate between the two (load changes hit both alike); each side
+Booklab runs twice, each a hub with its own runner on the same Redis, GitLab
+double and image:
+
+- **booklab hot**: ``runners.warm_servers: 1``: the launch binds the warm
+  container the runner keeps for the image (runner/warm.py). After each hot
+  launch the benchmark waits, untimed, until the runner's next warm container
+  has done its imports -- the steady state of launches more than a few seconds
+  apart -- so that its refill never overlaps another side's launch;
+- **booklab cold**: ``runners.warm_servers: 0``: a cached launch that starts a
+  fresh container (create, copy the checkout in, start, the server's imports).
+
+Launches alternate between the sides (load changes hit all alike); each side
 warms up once first (Booklab builds its image then). ``--latency`` makes the
 GitLab double answer every call after that many seconds, as a GitLab over a
-network would. Prints medians and the ratio; asserts nothing.
+network would. Prints medians, the runner's start phase (``starting`` ->
+``running`` in the job log) and the ratios against DockerSpawner; ``--json``
+writes them too. Asserts nothing.
 
-Usage: ``.venv/bin/python -m benchmarks.launch_hub [--runs N] [--latency S]``
+Usage: ``.venv/bin/python -m benchmarks.launch_hub [--runs N] [--latency S] [--json F]``
 (needs redis-server, dockerd, Traefik and the local test image, as the tests do).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -137,7 +151,33 @@ def launch(api, url: str, user: str, path: str, body: dict | None) -> float:
     return elapsed
 
 
-def run(runs: int, latency: float) -> list[dict]:
+def start_phase(hub: Hub, user: str, server: str) -> float:
+    """Seconds from ``starting`` to ``running`` in the newest job's log (runner side)."""
+    job = hub.job_of(user, server)
+    states = {f["state"]: float(f["ts"]) for _, f in hub.redis().xrange(hub.keys.log(job["id"]))
+              if f.get("kind") == "state"}
+    return states["running"] - states["starting"]
+
+
+def wait_warm_ready(client, runner_id: str, timeout: float = 120) -> None:
+    """Until the runner has an unbound warm container whose imports are done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in client.containers.list(filters={"label": [f"org.booklab.runner={runner_id}",
+                                                           "org.booklab.warm"]}):
+            if c.name.startswith("booklab-warm-") and b"booklab-warm: ready" in c.logs():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"runner {runner_id} made no warm container")
+
+
+def _row(name: str, times: list[float], phases: list[float], base: float) -> dict:
+    return {"name": name, "median_s": statistics.median(times), "min_s": min(times),
+            "start_phase_median_s": statistics.median(phases) if phases else None,
+            "ratio_to_dockerspawner": statistics.median(times) / base}
+
+
+def run(runs: int, latency: float, json_path: str | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="booklab-bench-hub-"))
     redis = RedisServer(tmp / "redis").start()
     gitlab = GitLabDouble(tmp / "gitlab")
@@ -150,43 +190,62 @@ def run(runs: int, latency: float) -> list[dict]:
     token = secrets.token_hex(32)
     procs: list[Process] = []
     try:
-        hub = Hub(tmp / "hub", gitlab, redis.url, token,
-                  overrides={"runners": {"image_prefix": "booklab-bench/"},
-                             "gitlab": {"clone_method": "token"}})
-        (tmp / "hub").mkdir()
-        hub.start()
-        procs.append(hub.process)
-        (tmp / "runner").mkdir()
-        runner = RunnerProcess("bench-runner", redis.url, token, tmp / "runner",
-                               key_prefix=hub.key_prefix)
-        procs.append(runner)
-        hub.login("alice", "alice-pw")
+        hubs, runners = {}, {}
+        for side, warm in (("cold", 0), ("hot", 1)):
+            hub = Hub(tmp / f"hub-{side}", gitlab, redis.url, token,
+                      overrides={"runners": {"image_prefix": "booklab-bench/",
+                                             "warm_servers": warm},
+                                 "gitlab": {"clone_method": "token"}})
+            (tmp / f"hub-{side}").mkdir()
+            hub.start()
+            procs.append(hub.process)
+            (tmp / f"runner-{side}").mkdir()
+            runners[side] = RunnerProcess(f"bench-runner-{side}", redis.url, token,
+                                          tmp / f"runner-{side}", key_prefix=hub.key_prefix)
+            procs.append(runners[side])
+            hub.login("alice", "alice-pw")
+            hubs[side] = hub
         body = {"user_options": {"project": "demo/hello", "ref": "main"}}
-        launch(hub.api, hub.url, "alice", "servers/bench", body)  # builds the image
-        image = hub.job_of("alice", "bench")["image"]
+        for side in ("cold", "hot"):  # the first builds the image; the second reuses it
+            launch(hubs[side].api, hubs[side].url, "alice", "servers/bench", body)
+        wait_warm_ready(client, runners["hot"].runner_id)
+        image = hubs["cold"].job_of("alice", "bench")["image"]
         stock = StockHub(tmp / "stock", image)
         procs.append(stock.process)
         assert stock.api("POST", "/users/bench").status_code in (201, 409)
         launch(stock.api, stock.url, "bench", "server", None)  # warm the page cache
         gitlab.latency = latency
-        ours, base = [], []
+        times: dict[str, list[float]] = {"hot": [], "cold": [], "dockerspawner": []}
+        phases: dict[str, list[float]] = {"hot": [], "cold": []}
         for _ in range(runs):
-            ours.append(launch(hub.api, hub.url, "alice", "servers/bench", body))
-            base.append(launch(stock.api, stock.url, "bench", "server", None))
-        mo, mb = statistics.median(ours), statistics.median(base)
+            for side in ("hot", "cold"):
+                hub = hubs[side]
+                times[side].append(launch(hub.api, hub.url, "alice", "servers/bench", body))
+                phases[side].append(start_phase(hub, "alice", "bench"))
+                if side == "hot":
+                    wait_warm_ready(client, runners["hot"].runner_id)  # untimed refill
+            times["dockerspawner"].append(launch(stock.api, stock.url, "bench", "server", None))
+        base = statistics.median(times["dockerspawner"])
+        result = {"runs": runs, "gitlab_latency_s": latency, "image": image, "rows": [
+            _row("booklab hot (warm server)", times["hot"], phases["hot"], base),
+            _row("booklab cold (cached image)", times["cold"], phases["cold"], base),
+            _row("dockerspawner", times["dockerspawner"], [], base)]}
         print(f"runs: {runs} each, GitLab latency {latency * 1000:.0f} ms, image {image}")
-        print(f"booklab       POST -> ready -> api/status 200: median {mo:.3f} s, "
-              f"min {min(ours):.3f} s")
-        print(f"dockerspawner POST -> ready -> api/status 200: median {mb:.3f} s, "
-              f"min {min(base):.3f} s")
-        print(f"ratio booklab/dockerspawner, median: {mo / mb:.2f}")
-        return [{"row": "cold cached launch through the hub", "ours_s": mo,
-                 "baseline": "DockerSpawner", "baseline_s": mb, "target": 0.65,
-                 "runs": runs, "gitlab_latency_s": latency}]
+        print("POST -> ready -> api/status 200 through the proxy")
+        print(f"{'side':<30} {'median s':>9} {'min s':>7} {'start phase s':>14} "
+              f"{'x dockerspawner':>16}")
+        for row in result["rows"]:
+            phase = row["start_phase_median_s"]
+            print(f"{row['name']:<30} {row['median_s']:>9.3f} {row['min_s']:>7.3f} "
+                  f"{'' if phase is None else f'{phase:.3f}':>14} "
+                  f"{row['ratio_to_dockerspawner']:>16.2f}")
+        if json_path:
+            Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        return result
     finally:
         for proc in reversed(procs):
             proc.stop()
-        remove_runner_containers(client, {"bench-runner"})
+        remove_runner_containers(client, {"bench-runner-cold", "bench-runner-hot"})
         for c in client.containers.list(all=True, filters={"name": "bench-dsp-"}):
             c.remove(force=True)
         remove_images(client, "booklab-bench/")
@@ -200,8 +259,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds the GitLab double waits before every answer")
+    parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    run(args.runs, args.latency)
+    run(args.runs, args.latency, args.json)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,13 @@ SETTINGS: list[Setting] = [
     Setting("runners.container_start_timeout", int, 300, "Seconds from starting the "
             "notebook container until it listens; published to runners, which fail the "
             "launch after it too (a large image may need more).", check=_positive),
+    Setting("runners.warm_servers", int, 1, "Warm notebook containers each runner may keep "
+            "(0: none): for images launched in the last warm_ttl seconds a runner keeps a "
+            "notebook server started, within its free slots, and binds it to the next "
+            "launch of that image, used once (docs/runner.md).", check=_non_negative),
+    Setting("runners.warm_ttl", int, 600, "Seconds after an image's last launch during "
+            "which a runner keeps its warm container; then it is removed.",
+            check=_non_negative),
     Setting("runners.start_timeout", int, 0, "Seconds a launch may take in all before "
             "JupyterHub gives up (0: queue + build + container start timeouts plus a "
             "margin, so that the message says which phase ran out).", check=_non_negative),
@@ -414,6 +421,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     sp.build_grace = s["runners.build_grace"]
     sp.queue_timeout = s["runners.queue_timeout"]
     sp.container_start_timeout = s["runners.container_start_timeout"]
+    sp.warm_servers = s["runners.warm_servers"]
+    sp.warm_ttl = s["runners.warm_ttl"]
     if s["runners.start_timeout"]:
         sp.start_timeout = s["runners.start_timeout"]
     if s["runners.mem_limit"]:

@@ -38,6 +38,8 @@ class RunnerConf:
     user_name: str = "jovyan"
     ssh_known_hosts: str = ""  # known_hosts lines of GitLab's SSH host(s), for deploy keys
     hub_url: str = ""  # the hub as runners reach it (read-only git proxy), ends with /hub/
+    warm_servers: int = 1  # warm notebook containers per runner at most (0: none)
+    warm_ttl: int = 600  # seconds after an image's last launch its warm container is kept
 
     def validate(self) -> RunnerConf:
         if self.network not in ("bridge", "host"):
@@ -47,6 +49,8 @@ class RunnerConf:
         if self.container_start_timeout <= 0:
             raise ValueError("container_start_timeout must be greater than 0, not "
                              f"{self.container_start_timeout!r}")
+        if self.warm_servers < 0 or self.warm_ttl < 0:
+            raise ValueError("warm_servers and warm_ttl must not be negative")
         return self
 
     def to_hash(self) -> dict[str, str]:

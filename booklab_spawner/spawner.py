@@ -152,6 +152,26 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         help="""Seconds from starting the notebook container until it listens (e.g. 300).""",
     )
 
+    warm_servers = Integer(
+        1, config=True,
+        help="""Warm notebook containers each runner may keep, at most (e.g. 1; 0: none):
+        for images launched in the last warm_ttl seconds, a runner keeps a notebook
+        server started and waiting, within its free slots, and binds it to the next
+        launch of that image (docs/runner.md, "Warm servers"). Published to runners.""",
+    )
+
+    warm_ttl = Integer(
+        600, config=True,
+        help="""Seconds after an image's last launch during which runners keep a warm
+        container for it (e.g. 600); an unused one is removed then.""",
+    )
+
+    @validate("warm_servers", "warm_ttl")
+    def _check_warm(self, proposal: dict) -> int:
+        if proposal.value < 0:
+            raise ValueError(f"{proposal.trait.name} must not be negative")
+        return proposal.value
+
     build_grace = Integer(
         120, config=True,
         help="""Seconds the hub waits beyond build_timeout before it fails a launch whose
@@ -209,7 +229,8 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         return confmod.RunnerConf(
             gitlab_url=self.gitlab_url, network=self.runner_network, hub_url=self.hub.url,
             image_prefix=self.image_prefix, build_timeout=self.build_timeout,
-            container_start_timeout=self.container_start_timeout, **extra,
+            container_start_timeout=self.container_start_timeout,
+            warm_servers=self.warm_servers, warm_ttl=self.warm_ttl, **extra,
         ).validate()
 
     # -- state --------------------------------------------------------------------

@@ -72,14 +72,16 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
 
 @pytest.fixture
 def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
-    """``hb_runner(hub)`` starts a booklab-runner on the hub's key prefix."""
+    """``hb_runner(hub, *options)`` starts a booklab-runner on the hub's key prefix;
+    ``runner_id=`` of an earlier one restarts that runner (same id and work dir)."""
     procs: list[RunnerProcess] = []
 
-    def start(hub: Hub) -> RunnerProcess:
-        workdir = tmp_path / f"runner{len(procs)}"
-        workdir.mkdir()
-        proc = RunnerProcess(f"{HB_RUNNER_PREFIX}{secrets.token_hex(3)}", redis_server.url,
-                             runner_token, workdir, key_prefix=hub.key_prefix)
+    def start(hub: Hub, *extra: str, runner_id: str | None = None) -> RunnerProcess:
+        workdir = tmp_path / (f"runner-{runner_id}" if runner_id else f"runner{len(procs)}")
+        workdir.mkdir(exist_ok=True)
+        proc = RunnerProcess(runner_id or f"{HB_RUNNER_PREFIX}{secrets.token_hex(3)}",
+                             redis_server.url, runner_token, workdir, *extra,
+                             key_prefix=hub.key_prefix)
         procs.append(proc)
         return proc
 

@@ -150,8 +150,10 @@ class Hub:
             "redis": {"url": redis_url, "key_prefix": f"e2e{secrets.token_hex(4)}:"},
             # Traefik through Redis, as deployed (its API port: _use_ports)
             "proxy": {},
+            # no warm servers unless a test asks (tests/test_warm.py): on a loaded
+            # machine an idle warm container costs the other tests CPU
             "runners": {"network": "host", "image_prefix": E2E_IMAGE_PREFIX,
-                        "start_timeout": 600},
+                        "start_timeout": 600, "warm_servers": 0},
         }
         _merge(self.config, overrides or {})
         self._use_ports(*free_ports(4))

@@ -57,6 +57,15 @@ def _labels_field(value: str | None) -> list[tuple[str, str]]:
     return shown
 
 
+def _warm_field(value: str | None) -> list[tuple[str, int]]:
+    """``[(image, warm containers)]`` from a runner's ``warm`` field (runner/warm.py)."""
+    try:
+        data = json.loads(value or "{}")
+        return sorted((str(k), int(v)) for k, v in data.items())
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
 async def runner_rows(redis, keys) -> list[dict]:
     ids = sorted(await redis.smembers(keys.runners))
     now = time.time()
@@ -72,6 +81,7 @@ async def runner_rows(redis, keys) -> list[dict]:
         row["images"] = _list_field(info.get("images"))
         row["jobs"] = _list_field(info.get("jobs"))
         row["labels"] = _labels_field(info.get("labels"))
+        row["warm"] = _warm_field(info.get("warm"))
         rows.append(row)
     return rows
 

@@ -39,6 +39,7 @@ from .heartbeat import heartbeat_loop
 from .imagecache import ImageCache
 from .network import NotebookNetwork, check_name, parse_allow, parse_deny, redis_rules
 from .recovery import RecoveryContext, reap_loop, reconcile
+from .warm import WarmPool
 from .worker import JobWorker, WorkerContext
 
 log = logging.getLogger("booklab.runner")
@@ -74,6 +75,10 @@ class Runner:
         self.workers: dict[str, tuple[JobWorker, asyncio.Task]] = {}
         self.slot_free = asyncio.Event()
         self.stopping = asyncio.Event()
+        self.warm = WarmPool(
+            self.launcher, self.runner_id, self.slots, busy=lambda: len(self.workers),
+            holding=lambda: sum(1 for w, _ in self.workers.values() if w.container_id),
+            changed=self.publish_info)
         # what the parts get of the runner: narrow, explicit contexts
         self.worker_context = WorkerContext(
             runner_id=self.runner_id, store=self.store, box=self.box, signer=self.signer,
@@ -81,7 +86,8 @@ class Runner:
             known_hosts=self.known_hosts, work_dir=self.work_dir, conf=self.conf,
             image_launched=self.image_launched,
             build_lock=lambda key, job: BuildLock(self.redis, self.keys, key,
-                                                  self.runner_id, job))
+                                                  self.runner_id, job),
+            warm=self.warm)
         self.recovery = RecoveryContext(
             runner_id=self.runner_id, store=self.store,
             dead_runners=functools.partial(registry.dead_runners, self.redis, self.keys),
@@ -95,6 +101,7 @@ class Runner:
             "used": str(len(self.workers)), "version": __version__,
             "jobs": json.dumps(sorted(self.workers)), "images": json.dumps(self.images.held),
             "labels": json.dumps(self.labels, sort_keys=True),
+            "warm": json.dumps(self.warm.counts()),
         }
 
     async def conf(self) -> confmod.RunnerConf:
@@ -104,6 +111,7 @@ class Runner:
         # where credentials may go: the runner's own configuration first
         conf.gitlab_url = self.gitlab_url or conf.gitlab_url
         conf.hub_url = self.hub_url or conf.hub_url
+        self.warm.configure(conf.warm_servers, conf.warm_ttl)
         return conf
 
     async def _isolate(self) -> None:
@@ -136,6 +144,7 @@ class Runner:
             asyncio.create_task(self.claim_loop()),
             asyncio.create_task(self.command_loop()),
             asyncio.create_task(reap_loop(self.recovery)),
+            asyncio.create_task(self.warm.run(self.stopping)),
         ]
         await self.stopping.wait()
         await asyncio.gather(*tasks[1:])
@@ -148,6 +157,7 @@ class Runner:
             log.warning("could not hand back jobs or deregister (%s); "
                         "the heartbeat will expire in %d s", why, registry.HEARTBEAT_TTL)
         tasks[0].cancel()
+        await self.warm.close()
         await self.launcher.close()
         await self.redis.aclose()
         log.info("runner %s stopped", self.runner_id)
@@ -202,6 +212,7 @@ class Runner:
     def _done(self, job_id: str) -> None:
         self.workers.pop(job_id, None)
         self.slot_free.set()
+        self.warm.wake()
 
     async def image_launched(self, image: str, prefix: str) -> None:
         """Record a launch, then keep the image cache within its budget."""

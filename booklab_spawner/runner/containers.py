@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 LABEL_PREFIX = "org.booklab."
 LABEL_JOB = LABEL_PREFIX + "job"
 LABEL_RUNNER = LABEL_PREFIX + "runner"
+LABEL_WARM = LABEL_PREFIX + "warm"  # a warm container (runner/warm.py): no job label
 LAST_LINES = 20  # lines of a container's output kept when it exits
 READY_EVERY = 0.005  # s between connects while a notebook server starts
 # threads for docker-py calls, whatever the slots: every call is short (the longest is a
@@ -130,14 +131,7 @@ class Launcher:
         ``content``: a tar file (see :func:`pack`) copied into the repository
         directory before the notebook starts.
         """
-        host = self.advertise_host
-        if network == "bridge" and self.network is not None:
-            network = await self.network.ensure()
-        if network == "host":
-            port = _free_port(host)
-            bind_ip, ports = host, None
-        else:
-            port, bind_ip, ports = notebook_port, "0.0.0.0", {f"{notebook_port}/tcp": (host, None)}
+        network, port, bind_ip, ports = await self.placement(network, notebook_port)
         prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
         kwargs: dict[str, Any] = dict(
             image=image, command=[*cmd, f"--ip={bind_ip}", f"--port={port}"],
@@ -149,16 +143,34 @@ class Launcher:
         try:
             container = await self._run(self.client.containers.create, **kwargs)
             if content:
-                await self._put_content(container, content)
+                await self.put_content(container, content)
             await self._run(container.start)
         except (APIError, ImageNotFound) as e:
             raise LaunchFailed(f"Docker refused to start the notebook: {_explain(e)}") from None
+        return container.id, await self.url_of(container, network, port)
+
+    async def placement(self, network: str, notebook_port: int
+                        ) -> tuple[str, int, str, dict[str, Any] | None]:
+        """(network mode, port the server listens on, its --ip, ports to publish)."""
+        host = self.advertise_host
+        if network == "bridge" and self.network is not None:
+            network = await self.network.ensure()
+        if network == "host":
+            return network, _free_port(host), host, None
+        return network, notebook_port, "0.0.0.0", {f"{notebook_port}/tcp": (host, None)}
+
+    async def url_of(self, container: Any, network: str, port: int) -> str:
+        """The URL the hub reaches a started container at (its published port)."""
         if network != "host":
             await self._run(container.reload)
-            port = int(container.ports[f"{notebook_port}/tcp"][0]["HostPort"])
-        return container.id, f"http://{host}:{port}"
+            port = int(container.ports[f"{port}/tcp"][0]["HostPort"])
+        return f"http://{self.advertise_host}:{port}"
 
-    async def _put_content(self, container: Any, content: str) -> None:
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking docker-py call in the launcher's Docker threads."""
+        return await self._run(fn, *args, **kwargs)
+
+    async def put_content(self, container: Any, content: str) -> None:
         target = repo_dir(container.attrs.get("Config") or {})
         data = await asyncio.to_thread(_read_bytes, content)
         try:
@@ -270,7 +282,8 @@ class Launcher:
         """(container id, job id, status) of every container labelled for ``runner_id``."""
         found = await self._run(self.client.containers.list, all=True,
                                 filters={"label": f"{LABEL_RUNNER}={runner_id}"})
-        return [(c.id, c.labels.get(LABEL_JOB, ""), c.status) for c in found]
+        return [(c.id, c.labels.get(LABEL_JOB) or bound_job(c.name, c.labels), c.status)
+                for c in found]
 
     async def images_with_prefix(self, prefix: str) -> dict[str, int]:
         """``image name -> size in bytes`` of the tagged images whose name starts with prefix."""
@@ -296,6 +309,15 @@ class Launcher:
             if e.status_code == 409:
                 return False
             raise
+
+
+def bound_job(name: str, labels: dict[str, str]) -> str:
+    """The job a warm container was bound to: the runner renames it ``booklab-<job id>``
+    when it binds it (labels cannot change); "" for an unbound one (``booklab-warm-…``)."""
+    if LABEL_WARM not in labels or not name.startswith("booklab-"):
+        return ""
+    rest = name[len("booklab-"):]
+    return "" if rest.startswith("warm-") else rest
 
 
 def repo_dir(config: dict[str, Any]) -> str:

@@ -13,9 +13,11 @@ are the reaping runner's own settings (:class:`~.app.RunnerApp`).
 
 **Reconciling.** A runner that starts looks for containers labelled with its
 id: a container whose job is still ``running`` on this runner is adopted
-(watched again, stoppable again); every other one is removed. Jobs left in
-its ``claimed`` list are requeued (not started yet), confirmed stopped (a
-stop was asked) or failed (their container is gone).
+(watched again, stoppable again); every other one is removed, the unbound
+warm containers (:mod:`.warm`) included: a warm container's job is its name,
+``booklab-<job>``, given when it was bound (:func:`.containers.bound_job`).
+Jobs left in its ``claimed`` list are requeued (not started yet), confirmed
+stopped (a stop was asked) or failed (their container is gone).
 """
 
 from __future__ import annotations

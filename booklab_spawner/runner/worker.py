@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from . import build, fetch, gitsafe, imagekey, tree
 from .buildlock import BuildLock
 from .containers import ContainerExited, Launcher, exit_message, pack
 from .imagecache import ImageCache
+from .warm import Recipe, WarmPool
 
 log = logging.getLogger(__name__)
 RENEW_WAIT = 60  # seconds a runner waits for the hub to renew a used clone credential
@@ -47,6 +49,7 @@ class WorkerContext:
     conf: Callable[[], Awaitable[RunnerConf]]  # the hub's signed conf, runner's overrides
     image_launched: Callable[[str, str], Awaitable[None]]  # (image, prefix): record, evict
     build_lock: Callable[[str, str], BuildLock]  # (image key, job id) -> the build lock
+    warm: WarmPool | None = None  # warm notebook containers (runner/warm.py)
 
 
 class JobWorker:
@@ -58,6 +61,7 @@ class JobWorker:
         self.container_id: str | None = None
         self.image = ""
         self._url = ""
+        self.recipe: Recipe | None = None  # set when the launch could go warm
         self.state = J.CLAIMED
 
     async def say(self, message: str, phase: str = "") -> None:
@@ -165,6 +169,8 @@ class JobWorker:
         await self.step(J.RUNNING, f"Notebook server is listening at {self._url}",
                         url=self._url, container=self.container_id, image=self.image)
         await self.runner.image_launched(self.image, conf.image_prefix)
+        if self.recipe is not None and self.runner.warm is not None:
+            self.runner.warm.launched(self.recipe)
         await self._watch()
 
     async def _fetch(self, job: dict[str, str], clone: dict[str, str], conf: RunnerConf,
@@ -253,9 +259,23 @@ class JobWorker:
                      content: str) -> None:
         env = {**json.loads(job.get("env") or "{}"), **(secrets.get("env") or {})}
         cmd = json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
-        cmd += json.loads(job.get("args") or "[]")
+        args = json.loads(job.get("args") or "[]")
+        pool = self.runner.warm
+        if pool is not None:
+            self.recipe = pool.recipe(job, self.image, cmd, conf.network, conf.notebook_port,
+                                      conf.user_id)
+            warm = await pool.take(self.recipe) if self.recipe else None
+            if warm is not None:
+                self.container_id = warm.container_id  # from now on a stop removes it
+                age = time.time() - warm.created
+                await self.say(f"Binding warm notebook container {warm.container_id[:12]} "
+                               f"(started {age:.0f} s before this launch"
+                               f"{', server imports done' if warm.ready else ''})")
+                self.container_id, self._url = await pool.bind(warm, job, env, args, content)
+                return
+            await pool.make_room()
         self.container_id, self._url = await self.runner.launcher.start(
-            job, self.image, cmd, env, conf.network, conf.notebook_port, conf.user_id,
+            job, self.image, cmd + args, env, conf.network, conf.notebook_port, conf.user_id,
             content=content)
 
     async def _adopted(self) -> None:
