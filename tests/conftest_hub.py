@@ -72,14 +72,15 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
 
 @pytest.fixture
 def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
-    """``hb_runner(hub)`` starts a booklab-runner on the hub's key prefix."""
+    """``hb_runner(hub)`` starts a booklab-runner on the hub's key prefix;
+    ``hb_runner(hub, *QUICK_HEARTBEAT)`` one whose death is noticed within seconds."""
     procs: list[RunnerProcess] = []
 
-    def start(hub: Hub) -> RunnerProcess:
+    def start(hub: Hub, *extra: str) -> RunnerProcess:
         workdir = tmp_path / f"runner{len(procs)}"
         workdir.mkdir()
         proc = RunnerProcess(f"{HB_RUNNER_PREFIX}{secrets.token_hex(3)}", redis_server.url,
-                             runner_token, workdir, key_prefix=hub.key_prefix)
+                             runner_token, workdir, *extra, key_prefix=hub.key_prefix)
         procs.append(proc)
         return proc
 
