@@ -12,6 +12,7 @@ import requests
 from docker.errors import NotFound
 
 from tests.conftest_hub import (
+    NO_SPAWN_WAIT,
     jobs_of,
     progress_events,
     server_model,
@@ -138,7 +139,7 @@ def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_clien
 
 
 def test_users_see_and_control_only_their_own_servers(make_hub):
-    hub = make_hub()
+    hub = make_hub(extra_config=NO_SPAWN_WAIT)  # the launch stays queued: no runner
     hub.login("alice", "alice-pw")
     alice = hub.user_token("alice")
     assert start_server(hub, "alice", "hello", alice).status_code in (201, 202)
