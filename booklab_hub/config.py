@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from booklab_hub import TEMPLATE_DIR
+from booklab_spawner import acl
 from booklab_spawner.crypto import MIN_TOKEN_LENGTH
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import DEFAULT_URL as DEFAULT_REDIS_URL
@@ -54,6 +55,13 @@ def _origin(v: str) -> str | None:
     if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?", v):
         return "must be a scheme and host without a path, e.g. https://hub.example.org"
     return None
+
+
+def _redis_user(v: str) -> str | None:
+    try:
+        return None if not v else (acl.check_user(v) and None)
+    except ValueError:
+        return "must be a Redis user name (letters, digits, . _ -)"
 
 
 def _redis_url(v: str) -> str | None:
@@ -186,6 +194,12 @@ SETTINGS: list[Setting] = [
     Setting("redis.key_prefix", str, "booklab:", "Prefix of every Booklab key in Redis "
             "(runners and Traefik use the same; docker compose sets it from .env for all "
             "three).", env="BOOKLAB_REDIS_KEY_PREFIX", check=_prefix),
+    Setting("redis.runner_user", str, "", "Redis user the runners log in as (their "
+            "redis:// URL names it), made with the line `booklab-redis-acl` prints: it can "
+            "reach only the runners' keys, never Traefik's routes. The hub checks it at "
+            "start and refuses to start if it can do more; empty: runners share the "
+            "hub's user and the hub warns (docs/security.md).",
+            env="BOOKLAB_REDIS_RUNNER_USER", check=_redis_user),
     Setting("runners.token", str, "", "Secret shared with the runners (at least 32 "
             "characters); keys derived from it encrypt job secrets and sign what hub and "
             "runners act on in Redis (conf, jobs, notebook URLs).",
@@ -412,8 +426,11 @@ def _apply_proxy(c: Any, s: dict[str, Any]) -> None:
     db = int(url.path.strip("/") or 0)
     t.redis_client_kwargs = {"db": db}
     # Traefik's keys and the routes' own records behind Booklab's prefix, one per hub
-    t.kv_traefik_prefix = s["redis.key_prefix"] + "traefik"
-    t.kv_jupyterhub_prefix = s["redis.key_prefix"] + "jupyterhub"
+    keys = Keys(s["redis.key_prefix"])
+    t.kv_traefik_prefix = keys.traefik_root
+    t.kv_jupyterhub_prefix = keys.proxy_routes
+    t.key_prefix = keys.prefix
+    t.runner_redis_user = s["redis.runner_user"]
     if not s["proxy.start"]:
         return
     # the static config holds the Redis password: in the data dir, written 0600

@@ -15,7 +15,11 @@ uses it) with three changes:
   no number of bcrypt rounds makes harder to guess; the rounds only protect weak,
   human-chosen passwords;
 - it looks for a new route in Traefik's API every few ms at first, not after a
-  pause of up to 0.2 s.
+  pause of up to 0.2 s;
+- before it uses Redis, it asks Redis whether the runners' user
+  (``redis.runner_user``) is narrow enough that no runner can write a route
+  (:mod:`booklab_spawner.acl`): the hub refuses to start if not, and warns when
+  no such user is configured (runners then hold the hub's own credentials).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import logging
 import bcrypt
 from jupyterhub.utils import exponential_backoff
 from jupyterhub_traefik_proxy.redis import TraefikRedisProxy
-from traitlets import default
+from traitlets import Unicode, default
 
+from booklab_spawner import acl
+from booklab_spawner.keys import DEFAULT_PREFIX, Keys
 from booklab_spawner.scrub import Scrubber
 
 
@@ -47,6 +53,13 @@ class BooklabTraefikProxy(TraefikRedisProxy):
     """TraefikRedisProxy whose log lines carry no password, and whose API answers fast."""
 
     API_HASH_ROUNDS = 4  # bcrypt cost of the API's basic-auth hash (see the module doc)
+
+    runner_redis_user = Unicode("", config=True, help="""Redis user the runners log in
+        as (config.yml redis.runner_user). At start the hub asks Redis (ACL DRYRUN)
+        that it cannot touch Traefik's keys or administer Redis, and refuses to start
+        if it can. Empty: runners share the hub's user, and the hub warns.""")
+    key_prefix = Unicode(DEFAULT_PREFIX, config=True, help="Booklab's Redis key prefix "
+                         "(config.yml redis.key_prefix).")
 
     @default("traefik_api_hashed_password")
     def _quick_hash(self) -> str:
@@ -75,6 +88,30 @@ class BooklabTraefikProxy(TraefikRedisProxy):
         await exponential_backoff(live, f"Traefik route for {routespec}: not ready",
                                   start_wait=0.005, scale_factor=1.5, max_wait=1,
                                   timeout=self.check_route_timeout)
+
+    async def start(self):
+        await self._check_runner_user()
+        await super().start()
+
+    async def _start_external(self):  # the base class's start when should_start is False
+        await self._check_runner_user()
+        await super()._start_external()
+
+    async def _check_runner_user(self) -> None:
+        if not self.runner_redis_user:
+            self.log.warning(
+                "redis.runner_user is not set: runners log in to Redis as the hub does, "
+                "and a runner host could rewrite Traefik's routes (docs/security.md, Redis)")
+            return
+        errors, warnings = await acl.problems(self.redis, Keys(self.key_prefix),
+                                              self.runner_redis_user)
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        if not warnings:
+            self.log.info("Redis user %r of the runners cannot touch the proxy's routes",
+                          self.runner_redis_user)
 
     async def stop(self):
         try:

@@ -115,6 +115,34 @@ class Keys:
         git proxy; TTL, deleted as soon as the job's fetch is over."""
         return f"{self.prefix}git_grant:{check_id('job', job_id)}"
 
+    # -- the proxy (Traefik through Redis, written by the hub alone) ------------
+    @property
+    def traefik_root(self) -> str:
+        """Root of Traefik's dynamic configuration (its Redis provider's ``rootkey``):
+        ``<prefix>traefik/http/routers/...``. Traefik trusts every key under it."""
+        return f"{self.prefix}traefik"
+
+    @property
+    def proxy_routes(self) -> str:
+        """Root of jupyterhub-traefik-proxy's own records of the routes it added."""
+        return f"{self.prefix}jupyterhub"
+
+    # -- who may touch what (booklab_spawner/acl.py) --------------------------
+    def runner_patterns(self) -> dict[str, str]:
+        """Glob pattern -> ``"R"`` (read) or ``"RW"`` of every key a runner uses; a
+        Redis ACL user for runners gets these and nothing else, so a runner host
+        can neither touch the proxy's routes nor another prefix's keys. Patterns
+        are safe globs: the prefix holds no ``*?[]\\``."""
+        p = self.prefix
+        return {
+            f"{p}conf": "R",
+            f"{p}runners": "RW", f"{p}heartbeat:*": "RW", f"{p}runner:*": "RW",
+            f"{p}claimed:*": "RW", f"{p}commands:*": "RW", f"{p}images:*": "RW",
+            f"{p}build_lock:*": "RW", f"{p}queue": "RW", f"{p}jobs": "RW",
+            f"{p}job:*": "RW", f"{p}log:*": "RW", f"{p}token:*": "RW",
+            f"{p}git_grant:*": "RW",
+        }
+
     def all_patterns(self) -> list[str]:
         """Glob patterns matching every key Booklab may write (for cleanup tools)."""
         return [f"{self.prefix}*"]

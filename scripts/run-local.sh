@@ -35,8 +35,17 @@ fi
 if ! grep -q '^REDIS_PASSWORD=' "$STATE/secrets.env"; then
   (umask 077; echo "REDIS_PASSWORD=$(openssl rand -hex 32)" >>"$STATE/secrets.env")
 fi
+# the runner logs in as its own Redis user, which cannot touch Traefik's routes
+if ! grep -q '^REDIS_RUNNER_PASSWORD=' "$STATE/secrets.env"; then
+  (umask 077; echo "REDIS_RUNNER_PASSWORD=$(openssl rand -hex 32)" >>"$STATE/secrets.env")
+fi
 set -a; . "$STATE/secrets.env"; set +a
-: "${BOOKLAB_REDIS_URL:=redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0}"
+if [ -z "${BOOKLAB_REDIS_URL:-}" ]; then   # our own Redis (below), with the runners' user
+  BOOKLAB_REDIS_URL="redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0"
+  RUNNER_REDIS_URL="redis://booklab-runner:$REDIS_RUNNER_PASSWORD@127.0.0.1:$REDIS_PORT/0"
+  export BOOKLAB_REDIS_RUNNER_USER=booklab-runner   # the hub checks it at start
+fi
+: "${RUNNER_REDIS_URL:=$BOOKLAB_REDIS_URL}"
 export BOOKLAB_REDIS_URL
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -64,6 +73,7 @@ dir $STATE/redis
 appendonly yes
 notify-keyspace-events KEA
 requirepass $REDIS_PASSWORD
+$(BOOKLAB_REDIS_RUNNER_PASSWORD="$REDIS_RUNNER_PASSWORD" "$PY/booklab-redis-acl")
 CONF
 )
 redis-server "$STATE/redis.conf" >"$STATE/redis.log" 2>&1 &
@@ -97,7 +107,7 @@ fi
 
 (cd "$STATE/hub" && exec "$PY/jupyterhub" -f "$ROOT/jupyterhub_config.py") >"$STATE/hub.log" 2>&1 &
 pids+=($!)
-"$PY/booklab-runner" --runner-id local-1 --advertise-host 127.0.0.1 \
+BOOKLAB_REDIS_URL="$RUNNER_REDIS_URL" "$PY/booklab-runner" --runner-id local-1 --advertise-host 127.0.0.1 \
   --work-dir "$STATE/runner" >"$STATE/runner.log" 2>&1 &
 pids+=($!)
 

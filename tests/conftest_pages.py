@@ -100,13 +100,16 @@ def pages_docker():
     remove_images(client, PAGES_IMAGE_PREFIX)
 
 
+PAGES_LABEL = "site=pages-test"  # what the pages' runner offers besides its facts
+
+
 def running_pages_runner(hub, redis_server, runner_token, tmp_path, request):
     """The pages' runner process for ``hub`` in a fresh work dir; stopped (log printed
     on failure)."""
     workdir = tmp_path / "runner"
     workdir.mkdir()
     proc = RunnerProcess(PAGES_RUNNER, redis_server.url, runner_token, workdir,
-                         key_prefix=hub.key_prefix)
+                         f"--label={PAGES_LABEL}", key_prefix=hub.key_prefix)
     yield proc
     proc.stop()
     _dump_on_failure(request, proc)

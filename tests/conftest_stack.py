@@ -38,6 +38,8 @@ from tests.services import (
     remove_runner_containers,
     require_docker,
     require_image,
+    runner_redis_url,
+    runner_user,
     wait_listening,
 )
 
@@ -88,9 +90,14 @@ def docker_client():
 class Process:
     """A subprocess with its output in a log file, dumped when a test fails."""
 
+    _names: dict[str, int] = {}  # log names taken in this session
+
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path):
         self.name = name
-        self.log_path = artifacts_dir() / f"{name}.log"
+        # a log of its own: a second hub.log of the session is hub-2.log, so that no
+        # process (or a child it left behind) writes into another's
+        n = Process._names[name] = Process._names.get(name, 0) + 1
+        self.log_path = artifacts_dir() / (f"{name}.log" if n == 1 else f"{name}-{n}.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -108,8 +115,16 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # children it left (a hub killed mid-shutdown leaves its Traefik): its session's
+        self._kill_group()
         self._log.close()
         return self.proc.returncode
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -149,6 +164,9 @@ class Hub:
         self._use_ports(*free_ports(4))
         self.key_prefix = self.config["redis"]["key_prefix"]
         self.keys = Keys(self.key_prefix)  # the hub's key names, built as Booklab does
+        # the runners' Redis user (RunnerProcess logs in as it): the hub checks it at start
+        runner_redis_url(self.config["redis"]["url"], self.key_prefix)
+        self.config["redis"].setdefault("runner_user", runner_user(self.key_prefix))
         self.env = {
             **os.environ,
             "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -305,8 +323,10 @@ class RunnerProcess(Process):
         ``DOCKER_HOST``)."""
         self.runner_id = runner_id
         self.work_dir = Path(work_dir)  # its --work-dir: checkouts, keys, build contexts
+        # as deployed: the runners' own Redis user, which cannot touch Traefik's keys
+        self.redis_url = runner_redis_url(redis_url, key_prefix)
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-               "BOOKLAB_REDIS_URL": redis_url, "BOOKLAB_RUNNER_TOKEN": token, **(env or {})}
+               "BOOKLAB_REDIS_URL": self.redis_url, "BOOKLAB_RUNNER_TOKEN": token, **(env or {})}
         cmd = [*wrap, str(BIN / "booklab-runner"), f"--runner-id={runner_id}",
                f"--advertise-host={advertise_host}", f"--work-dir={work_dir}",
                f"--key-prefix={key_prefix}", "--log-level=DEBUG", *extra]

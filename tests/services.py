@@ -9,14 +9,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
+
+from booklab_spawner import acl
+from booklab_spawner.keys import Keys
 
 NOTEBOOK_IMAGE = "booklab-test/notebook:latest"
 
@@ -291,3 +297,28 @@ def free_subnet(client, under: str) -> ipaddress.IPv4Network:
         if not any(net.overlaps(u) for u in used):
             return net
     raise AssertionError(f"no free /24 under {under}")
+
+
+_RUNNER_USERS: dict[tuple[str, str], str] = {}
+
+
+def runner_user(key_prefix: str) -> str:
+    """The Redis user of the runners of one key prefix (one per prefix: its rules
+    name the prefix's keys), as an operator makes it with ``booklab-redis-acl``."""
+    return acl.check_user("runner-" + (key_prefix.rstrip(":") or "noprefix"))
+
+
+def runner_redis_url(admin_url: str, key_prefix: str) -> str:
+    """``admin_url`` (the hub's Redis URL) with the credentials of the prefix's runner
+    user instead, made on first use with the product's own rules (``acl.rules``):
+    every runner of the suite logs in as deployed, with no access to Traefik's keys."""
+    key = (admin_url, key_prefix)
+    if key not in _RUNNER_USERS:
+        user, password = runner_user(key_prefix), secrets.token_hex(16)
+        with redis.Redis.from_url(admin_url) as admin:
+            admin.execute_command("ACL", "SETUSER",
+                                  *acl.setuser_args(user, password, Keys(key_prefix)))
+        url = urlsplit(admin_url)
+        netloc = f"{user}:{password}@{url.hostname}:{url.port or 6379}"
+        _RUNNER_USERS[key] = urlunsplit(url._replace(netloc=netloc))
+    return _RUNNER_USERS[key]

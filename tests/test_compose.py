@@ -112,7 +112,7 @@ def stack(tmp_path, request):
     public = f"http://{gateway}:{http_port}"
     gitlab_url = f"http://{gateway}:{gitlab_port}"
     client_id, client_secret = "booklab-compose", secrets.token_hex(16)
-    redis_password = secrets.token_hex(32)
+    redis_password, runner_password = secrets.token_hex(32), secrets.token_hex(32)
 
     config = {
         # connect_url, the Redis URL and key prefix, secrets: from .env via the compose file
@@ -130,6 +130,7 @@ def stack(tmp_path, request):
     compose = Compose(tmp_path / "hub-node", {
         # the secrets, as .env.example says to make them (openssl rand -hex 32)
         **secret, "BOOKLAB_REDIS_PASSWORD": redis_password,
+        "BOOKLAB_REDIS_RUNNER_PASSWORD": runner_password,
         "GITLAB_URL": gitlab_url, "GITLAB_CLIENT_ID": client_id,
         "GITLAB_CLIENT_SECRET": client_secret,
         "BOOKLAB_HOST_ADDRESS": gateway, "BOOKLAB_CONFIG_FILE": str(config_file),
@@ -146,7 +147,8 @@ def stack(tmp_path, request):
     worker_id, worker_network = f"compose-w{tag}", f"blw{tag}"
     worker = Compose(tmp_path / "worker-node", {
         "BOOKLAB_HUB_NODE": gateway, "BOOKLAB_HOST_ADDRESS": gateway,
-        "BOOKLAB_RUNNER_ID": worker_id, "BOOKLAB_REDIS_PASSWORD": redis_password,
+        # a worker holds only the runners' Redis password, not the hub's
+        "BOOKLAB_RUNNER_ID": worker_id, "BOOKLAB_REDIS_RUNNER_PASSWORD": runner_password,
         "BOOKLAB_RUNNER_TOKEN": secret["BOOKLAB_RUNNER_TOKEN"], "GITLAB_URL": gitlab_url,
         "BOOKLAB_HUB_API_PORT": str(hub_api_port), "BOOKLAB_REDIS_PORT": str(redis_port),
         "BOOKLAB_REDIS_KEY_PREFIX": KEY_PREFIX, "BOOKLAB_NOTEBOOK_NETWORK": worker_network,
@@ -174,7 +176,9 @@ def stack(tmp_path, request):
         yield SimpleNamespace(url=public, gateway=gateway, compose=compose, gitlab=gitlab,
                               client=client, networks={runner_id: nb_network,
                                                        worker_id: worker_network},
-                              redis_url=f"redis://:{redis_password}@{gateway}:{redis_port}/0")
+                              redis_url=f"redis://:{redis_password}@{gateway}:{redis_port}/0",
+                              runner_redis_url=f"redis://booklab-runner:{runner_password}"
+                                               f"@{gateway}:{redis_port}/0")
     finally:
         rep = getattr(request.node, "rep_call", None)
         if rep is None or rep.failed:
@@ -240,6 +244,14 @@ def test_compose_up_login_launch_lab_through_traefik_stop_down(stack, browser_pa
     targets = {bus.get(k) for k in bus.scan_iter(
         f"{KEY_PREFIX}traefik/http/services/*/loadBalancer/servers/0/url")}
     assert f"http://{stack.gateway}:{binding['HostPort']}" in targets, targets
+
+    # the runners' Redis user (all a worker node holds) cannot write a route; the hub
+    # checked that at start
+    as_runner = syncredis.Redis.from_url(stack.runner_redis_url)
+    with pytest.raises(syncredis.exceptions.NoPermissionError):
+        as_runner.set(f"{KEY_PREFIX}traefik/http/routers/evil/rule", "PathPrefix(`/`)")
+    hub_log = stack.compose("logs", "--no-color", "hub").stdout
+    assert "Redis user 'booklab-runner' of the runners cannot touch the proxy's" in hub_log
 
     stop_from_picker(page, stack, server)
     with pytest.raises(docker.errors.NotFound):

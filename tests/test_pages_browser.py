@@ -8,8 +8,11 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+import docker
+from tests.conftest_hub import wait_ready
 from tests.conftest_pages import (
     N_SCRATCH,
+    PAGES_LABEL,
     PAGES_RUNNER,
     browser_login,
     click_sign_in,
@@ -146,6 +149,7 @@ def test_admin_sees_runners_and_jobs_and_a_user_gets_403(pages_hub, pages_runner
     r = pages_hub.api("POST", "/users/alice/servers/hello", token=token,
                       json={"user_options": {"project": "demo/hello", "ref": "main"}})
     assert r.status_code in (201, 202), r.text
+    wait_ready(pages_hub, "alice", "hello")  # a running server: its cancel is a stop
 
     page = browser_page
     browser_login(page, pages_hub, "admin", "admin-pw")
@@ -153,6 +157,13 @@ def test_admin_sees_runners_and_jobs_and_a_user_gets_403(pages_hub, pages_runner
     runner = page.locator(f"#runners tr[data-runner={PAGES_RUNNER}]")
     expect(runner).to_contain_text("alive", timeout=60_000)
     expect(runner).to_contain_text("/ 1")
+    # what it offers: the operator's label and the facts it read from Docker
+    labels = runner.locator(".runner-labels")
+    expect(labels.locator('[data-label="site"]')).to_have_text(PAGES_LABEL)
+    ncpu = docker.from_env().info()["NCPU"]
+    expect(labels.locator('[data-label="cpus"]')).to_have_text(f"cpus={ncpu}")
+    expect(labels.locator('[data-label="memory"]')).to_contain_text(" GiB")
+    expect(labels.locator('[data-label="gpus"]')).to_have_text("gpus=0")
     job = page.locator("#jobs tbody tr", has_text="alice")
     expect(job).to_contain_text("demo/hello")
     save_screenshot(page, "admin.png")

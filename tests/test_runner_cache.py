@@ -48,6 +48,39 @@ async def test_a_dockerfile_repository_is_keyed_on_its_whole_tree(
     await launcher.stop(second)
 
 
+async def test_a_dockerfile_that_copies_only_its_environment_keeps_its_image(
+        launcher, rt_runners, rt_docker, demo_project):
+    """A Dockerfile that COPYs only what the environment needs is keyed on that: a
+    notebook-only commit starts on the image of the commit before, without a build,
+    and shows its own notebooks; the image holds none of them (they come at start)."""
+    from tests.conftest_runner import RT_DOCKERFILE
+    rt_runners.start("cache")
+    narrow = RT_DOCKERFILE.replace("COPY --chown=1000:1000 . /home/jovyan/",
+                                   "COPY env/ /opt/env/")
+    assert narrow != RT_DOCKERFILE
+    sha = demo_project.commit("demo/hello", "main", {"Dockerfile": narrow,
+                                                     "env/settings.txt": "x=1\n"})
+    first = await launcher.launch("demo/hello", sha)
+    job = await launcher.wait_state(first, "running")
+    log = await launcher.log_text(first)
+    assert "Built image" in log and "Dockerfile, env/settings.txt" in log
+    built_id = rt_docker.images.get(job["image"]).id
+    await launcher.stop(first)
+
+    sha2 = demo_project.commit("demo/hello", "main", {"later.ipynb": notebook("# later")})
+    second = await launcher.launch("demo/hello", sha2)
+    job2 = await launcher.wait_state(second, "running")
+    assert job2["image"] == job["image"]
+    assert rt_docker.images.get(job2["image"]).id == built_id
+    log2 = await launcher.log_text(second)
+    assert "already exists: reusing it, no build needed" in log2 and "Built image" not in log2
+    assert {"hello.ipynb", "later.ipynb"} <= launcher.contents(job2["url"])
+    listing = rt_docker.containers.run(job["image"], ["ls", "-a", "/home/jovyan", "/opt/env"],
+                                       remove=True, user="1000").decode()
+    assert "settings.txt" in listing and "hello.ipynb" not in listing, listing
+    await launcher.stop(second)
+
+
 def demo_project_dockerfile() -> str:
     from tests.conftest_runner import RT_DOCKERFILE
     return RT_DOCKERFILE

@@ -76,9 +76,16 @@ async def test_binder_dir_is_the_only_place_read_when_present(repo):
     {"setup.py": "from setuptools import setup\nsetup()\n"},
     {"requirements.txt": "-e .\n"},
     {"pyproject.toml": "[project]\nname='x'\n[build-system]\nrequires=[]\n"},
-    # a Dockerfile may COPY and RUN any file of the repository
+    # a Dockerfile that COPYs the repository, or may read any of it
     {"Dockerfile": "FROM x\nCOPY . /src\n"},
-    {"binder/Dockerfile": "FROM x\n", "binder/requirements.txt": "x\n"},
+    {"Dockerfile": "FROM x\nCOPY ./ /src\n"},
+    {"Dockerfile": "FROM x\nARG F=a.ipynb\nCOPY $F /src/\n"},
+    {"Dockerfile": "FROM x\nRUN --mount=target=/src pip install /src\n"},
+    {"Dockerfile": "# syntax=docker/dockerfile:1\nFROM x\nCOPY env.yml /x\n"},
+    {"Dockerfile": "FROM x\nCOPY <<EOF /x\nhi\nEOF\n"},
+    {"Dockerfile": "FROM x\nONBUILD COPY env.yml /x\n"},
+    {"binder/Dockerfile": "FROM x\nCOPY . /src\n", "binder/requirements.txt": "x\n"},
+    {"Dockerfile": "FROM x\nCOPY env.yml /x\n", "postBuild": "#!/bin/sh\n"},
 ])
 async def test_builds_that_read_every_file_key_on_the_whole_tree(repo, files):
     repo.commit({**files, "a.ipynb": "{}"})
@@ -86,6 +93,38 @@ async def test_builds_that_read_every_file_key_on_the_whole_tree(repo, files):
     assert base.whole_tree
     repo.commit({"a.ipynb": '{"changed": 1}'})
     assert (await repo.env()).hash != base.hash
+
+
+@pytest.mark.parametrize("dockerfile, read", [
+    ("FROM x\nCOPY --chown=1000:1000 env/ requirements.txt /tmp/\nRUN pip install x\n",
+     ("Dockerfile", "env/a.yml", "env/sub/b.yml", "requirements.txt")),
+    ('FROM x\nCOPY ["requirements.txt", "/tmp/"]\n', ("Dockerfile", "requirements.txt")),
+    ("FROM x\nCOPY *.txt /tmp/\n", ("Dockerfile", "requirements.txt")),
+    ("FROM x\nRUN echo \\\n  hi\nCOPY \\\n  env /e/\n",
+     ("Dockerfile", "env/a.yml", "env/sub/b.yml")),
+    ("FROM x AS b\nRUN --mount=type=cache,target=/root/.cache echo\n"
+     "FROM x\nCOPY --from=b /opt /opt\nADD https://example.org/f /f\n", ("Dockerfile",)),
+])
+async def test_a_dockerfile_is_keyed_on_the_files_it_reads(repo, dockerfile, read):
+    """repo2docker builds a Dockerfile alone, and it reads the repository only through
+    COPY/ADD: a notebook-only commit keeps the image, a file it copies does not."""
+    repo.commit({"Dockerfile": dockerfile, "requirements.txt": "numpy\n", "a.ipynb": "{}",
+                 "env/a.yml": "a: 1\n", "env/sub/b.yml": "b: 1\n", "data/x.csv": "1\n"})
+    base = await repo.env()
+    assert not base.whole_tree and base.files == read
+    repo.commit({"a.ipynb": '{"changed": 1}', "b.ipynb": "{}"})
+    assert (await repo.env()).hash == base.hash
+    for path in read:
+        repo.commit({path: repo.path.joinpath(path).read_text() + "# changed\n"})
+        assert (await repo.env()).hash != base.hash, path
+        base = await repo.env()
+
+
+async def test_a_copied_link_keys_a_dockerfile_on_the_whole_tree(repo):
+    repo.commit({"Dockerfile": "FROM x\nCOPY env/ /e/\n", "real.yml": "a: 1\n"})
+    repo.link("env", "real.yml")
+    repo.commit({})
+    assert (await repo.env()).whole_tree
 
 
 def test_image_name_is_readable_before_the_tag_and_unguessable_after_it():

@@ -39,6 +39,24 @@ def _list_field(value: str | None) -> list[str]:
     return [str(v) for v in data] if isinstance(data, list) else [str(data)]
 
 
+def _labels_field(value: str | None) -> list[tuple[str, str]]:
+    """A runner's ``labels`` (JSON object, from Redis: untrusted) as shown: sorted
+    ``(key, value)`` strings, memory in GiB, at most 32."""
+    try:
+        data = json.loads(value or "{}")
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    shown = []
+    for key, val in sorted(data.items())[:32]:
+        text = str(val)[:128]
+        if key == "memory" and text.isdigit():
+            text = f"{int(text) / 1024 ** 3:.1f} GiB"
+        shown.append((str(key)[:64], text))
+    return shown
+
+
 async def runner_rows(redis, keys) -> list[dict]:
     ids = sorted(await redis.smembers(keys.runners))
     now = time.time()
@@ -53,6 +71,7 @@ async def runner_rows(redis, keys) -> list[dict]:
                **{f: info.get(f, "") for f in _RUNNER_FIELDS}}
         row["images"] = _list_field(info.get("images"))
         row["jobs"] = _list_field(info.get("jobs"))
+        row["labels"] = _labels_field(info.get("labels"))
         rows.append(row)
     return rows
 

@@ -32,6 +32,7 @@ from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
 from ..traits import ByteSize
 from . import fetch, imagekey
+from . import labels as runner_labels
 from .buildlock import BuildLock
 from .containers import ContainerPolicy, Launcher
 from .heartbeat import heartbeat_loop
@@ -69,6 +70,8 @@ class Runner:
                                  int(app.image_budget or 0))
         self.known_hosts = _read(app.known_hosts)
         self.advertise_host = app.advertise_host
+        self.operator_labels = runner_labels.parse(app.labels)  # checked again: also config files
+        self.labels = dict(self.operator_labels)  # with the detected facts once running
         self.workers: dict[str, tuple[JobWorker, asyncio.Task]] = {}
         self.slot_free = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -92,6 +95,7 @@ class Runner:
             "host": self.advertise_host, "slots": str(self.slots),
             "used": str(len(self.workers)), "version": __version__,
             "jobs": json.dumps(sorted(self.workers)), "images": json.dumps(self.images.held),
+            "labels": json.dumps(self.labels, sort_keys=True),
         }
 
     async def conf(self) -> confmod.RunnerConf:
@@ -118,6 +122,8 @@ class Runner:
     async def run(self) -> None:
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         fetch.sweep_work_dir(self.work_dir)  # keys and checkouts a killed runner left
+        self.labels = runner_labels.offered(
+            self.operator_labels, runner_labels.detect(await self.launcher.engine_info()))
         await registry.register(self.redis, self.keys, self.runner_id, self.info(),
                                 self.heartbeat_ttl)
         log.info("runner %s registered (%d slot(s), advertising %s)",
@@ -309,6 +315,16 @@ class RunnerApp(Application):
     def _check_runner_id(self, proposal) -> str:
         return check_id("runner", proposal.value)
 
+    labels = List(Unicode(), config=True, help="""What this runner offers, as key=value
+        (repeat --label), e.g. --label gpu=a100 --label site=lab2. It also publishes
+        cpus, memory (bytes) and gpus, detected from Docker; a label of the same name
+        wins over a detected one.""")
+
+    @validate("labels")
+    def _check_labels(self, proposal) -> list[str]:
+        runner_labels.parse(proposal.value)
+        return proposal.value
+
     advertise_host = Unicode("127.0.0.1", config=True, help="Address at which the hub "
                              "and its proxy reach this runner's notebooks, e.g. 10.0.0.12.")
     slots = Integer(1, config=True, help="Notebooks this runner runs at once (one per slot).")
@@ -441,6 +457,7 @@ class RunnerApp(Application):
         "redis-url": "RunnerApp.redis_url",
         "runner-id": "RunnerApp.runner_id",
         "advertise-host": "RunnerApp.advertise_host",
+        "label": "RunnerApp.labels",
         "slots": "RunnerApp.slots",
         "work-dir": "RunnerApp.work_dir",
         "key-prefix": "RunnerApp.key_prefix",

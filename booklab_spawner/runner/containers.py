@@ -111,6 +111,10 @@ class Launcher:
         await self.exits.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    async def engine_info(self) -> dict[str, Any]:
+        """``docker info`` of this runner's engine (CPUs, memory, runtimes)."""
+        return await self._run(self.client.info)
+
     async def image_exists(self, image: str) -> bool:
         try:
             await self._run(self.client.images.get, image)

@@ -11,8 +11,13 @@ the commit that built it. The rest of the repository reaches the container at
 start (see :meth:`booklab_spawner.runner.containers.Launcher.start`), so a launch
 shows exactly the files of its own commit.
 
-Some repositories make the image depend on *every* file: a ``Dockerfile`` (it
-may ``COPY`` and run any file), ``postBuild`` (runs with the whole repository),
+A ``Dockerfile`` is built alone (repo2docker ignores the other environment
+files then) and reads the repository only through its ``COPY``/``ADD``
+sources: its key is the Dockerfile, its ignore files and the files those
+sources match, when :mod:`.dockerfile` can read them off it (not for
+``COPY . /x``, a variable, a heredoc, a bind mount...). Otherwise, and for
+other repositories that make the image depend on *every* file, the key is the
+whole tree: ``postBuild`` (runs with the whole repository),
 an environment file that is a symbolic link (its content is another file's),
 a Python package (``setup.py``, or a
 ``pyproject.toml`` with ``[project]`` and ``[build-system]``: ``pip install .``),
@@ -42,7 +47,7 @@ import tomllib
 
 from ..crypto import derive_key
 from ..exceptions import BuildFailed
-from . import gitsafe
+from . import dockerfile, gitsafe
 
 # files repo2docker reads, at the top level or in binder/ / .binder/
 ENV_FILES = (
@@ -54,6 +59,7 @@ ENV_FILES = (
 )
 BINDER_DIRS = ("binder", ".binder")
 HASH_VERSION = "booklab-env-v2"
+MAX_SHOWN = 8  # environment files named in the log
 MAX_READ = 1 << 20  # bytes of pyproject.toml / requirements*.txt read to classify them
 _NAME_KEY_INFO = b"booklab image names v1"
 _LOCAL_REQUIREMENT = re.compile(r"^\s*(-r|-c|-e|--|\.|/|file:)|\.\./|\./")
@@ -67,8 +73,12 @@ class Environment:
 
     def describe(self) -> str:
         if self.whole_tree:
-            return "the whole repository (postBuild or a package install reads every file)"
-        return ", ".join(self.files) or "no environment files (repo2docker's defaults)"
+            return ("the whole repository (a Dockerfile, postBuild or a package install "
+                    "may read every file)")
+        shown = ", ".join(self.files[:MAX_SHOWN])
+        more = len(self.files) - MAX_SHOWN
+        return (shown + (f" and {more} more" if more > 0 else "")
+                or "no environment files (repo2docker's defaults)")
 
 
 def _r2d_version() -> str:
@@ -129,13 +139,37 @@ async def select(entries: dict[str, str], blobs: Blobs) -> tuple[list[str], bool
     if dirs:
         files = sorted(p for p in entries if p.startswith(dirs[0] + "/"))
         names = {p.split("/", 1)[1] for p in files}
-        whole = bool(names & {"postBuild", "Dockerfile"})
+        whole = "postBuild" in names
+        if "Dockerfile" in names and not whole:
+            narrowed = await _dockerfile_reads(entries, blobs, f"{dirs[0]}/Dockerfile")
+            files, whole = narrowed or files, narrowed is None
+    elif "Dockerfile" in entries and "postBuild" not in entries:
+        # repo2docker builds the Dockerfile alone: other environment files count only
+        # when it COPYs them
+        narrowed = await _dockerfile_reads(entries, blobs, "Dockerfile")
+        files, whole = narrowed or ["Dockerfile"], narrowed is None
     else:
         files = sorted(p for p in ENV_FILES if p in entries)
         whole = bool(set(files) & {"postBuild", "setup.py", "DESCRIPTION", "Dockerfile"})
         whole = whole or await _is_package(blobs)
     linked = any(entries[p].startswith("120000 ") for p in files)
     return files, whole or linked or await _local_requirements(blobs, files)
+
+
+async def _dockerfile_reads(entries: dict[str, str], blobs: Blobs,
+                           path: str) -> list[str] | None:
+    """The Dockerfile, its ignore files and every file its COPY/ADD sources match;
+    None when the Dockerfile may read any file (:mod:`.dockerfile`)."""
+    data = await blobs.read(path)
+    if data is None:
+        return None  # a link, or too large to read: the whole tree
+    sources = dockerfile.context_sources(data.decode(errors="replace"))
+    if sources is None:
+        return None
+    ignores = [p for p in (".dockerignore", ".containerignore", path + ".dockerignore")
+               if p in entries]
+    read = [p for p in entries if dockerfile.matches(p, sources)]
+    return sorted({path, *ignores, *read})
 
 
 async def _is_package(blobs: Blobs) -> bool:
