@@ -55,7 +55,8 @@ class Keys:
         return f"{self.prefix}runners"
 
     def heartbeat(self, runner_id: str) -> str:
-        """STRING with a 30 s expiry; present while the runner is alive."""
+        """STRING expiring after the runner's heartbeat_ttl (30 s by default); present
+        while the runner is alive."""
         return f"{self.prefix}heartbeat:{check_id('runner', runner_id)}"
 
     def runner(self, runner_id: str) -> str:

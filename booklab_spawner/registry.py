@@ -1,8 +1,9 @@
 """Runner registration and liveness, as seen from both ends.
 
 A runner adds its id to ``runners``, describes itself in ``runner:<id>`` and
-keeps ``heartbeat:<id>`` alive (30 s expiry, refreshed every 10 s). A runner
-whose heartbeat key is gone is dead, whatever its record says.
+keeps ``heartbeat:<id>`` alive (30 s expiry, refreshed every 10 s, unless the
+runner is configured otherwise: ``--heartbeat-ttl``, ``--heartbeat-interval``). A
+runner whose heartbeat key is gone is dead, whatever its record says.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import redis.asyncio as aioredis
 
 from .keys import Keys
 
-HEARTBEAT_TTL = 30  # seconds; the seed's expiry
-HEARTBEAT_INTERVAL = 10  # seconds between refreshes, well inside the TTL
+HEARTBEAT_TTL = 30  # seconds; the seed's expiry (the runner's default)
+HEARTBEAT_INTERVAL = 10  # seconds between refreshes, well inside the TTL (default)
 
 
 async def register(redis: aioredis.Redis, keys: Keys, runner_id: str,
-                   info: dict[str, Any]) -> None:
+                   info: dict[str, Any], ttl: int = HEARTBEAT_TTL) -> None:
     record = {k: str(v) for k, v in info.items()}
     now = str(time.time())
     record.update(id=runner_id, started=now, beat=now)
@@ -27,15 +28,15 @@ async def register(redis: aioredis.Redis, keys: Keys, runner_id: str,
         pipe.sadd(keys.runners, runner_id)
         pipe.delete(keys.runner(runner_id))
         pipe.hset(keys.runner(runner_id), mapping=record)
-        pipe.set(keys.heartbeat(runner_id), str(time.time()), ex=HEARTBEAT_TTL)
+        pipe.set(keys.heartbeat(runner_id), str(time.time()), ex=ttl)
         await pipe.execute()
 
 
 async def beat(redis: aioredis.Redis, keys: Keys, runner_id: str,
-               info: dict[str, Any] | None = None) -> None:
+               info: dict[str, Any] | None = None, ttl: int = HEARTBEAT_TTL) -> None:
     now = str(time.time())
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.heartbeat(runner_id), now, ex=HEARTBEAT_TTL)
+        pipe.set(keys.heartbeat(runner_id), now, ex=ttl)
         pipe.sadd(keys.runners, runner_id)
         record = {k: str(v) for k, v in (info or {}).items()}
         record["beat"] = now  # when the heartbeat was last refreshed (for reapers)

@@ -44,6 +44,13 @@ def add_hub_users(gitlab):
     return gitlab
 
 
+# JupyterHub's own setting (a tornado setting, default 10 s): how long the launch POST
+# waits for the server before it answers 202. A test whose launch stays queued (no
+# runner yet) uses 0 so that the POST answers at once rather than after 10 s; errors
+# raised before the spawn begins (auth, validation) still come back on the POST.
+NO_SPAWN_WAIT = 'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n'
+
+
 @pytest.fixture
 def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
     """``make_hub(overrides)`` starts a hub on a fresh key prefix; all stop at teardown."""
@@ -72,7 +79,8 @@ def make_hub(hb_gitlab, redis_server, runner_token, tmp_path, request):
 
 @pytest.fixture
 def hb_runner(redis_server, runner_token, tmp_path, docker_client, request):
-    """``hb_runner(hub, *options)`` starts a booklab-runner on the hub's key prefix;
+    """``hb_runner(hub, *options)`` starts a booklab-runner on the hub's key prefix
+    (``hb_runner(hub, *QUICK_HEARTBEAT)``: one whose death is noticed within seconds);
     ``runner_id=`` of an earlier one restarts that runner (same id and work dir)."""
     procs: list[RunnerProcess] = []
 

@@ -56,6 +56,13 @@ WORKDIR /home/jovyan
 """
 
 
+# runner options for a test that kills a runner and waits for its heartbeat to expire:
+# 4 s instead of the default 30 s, through the runner's own options (a beat every second
+# leaves three to miss under load before a live runner would be taken for dead)
+QUICK_HEARTBEAT_TTL = 4
+QUICK_HEARTBEAT = (f"--heartbeat-ttl={QUICK_HEARTBEAT_TTL}", "--heartbeat-interval=1")
+
+
 def slow_build_step(marker: str, seconds: int) -> str:
     """A Dockerfile line that takes ``seconds`` in every build: a nonce keeps BuildKit's
     layer cache from answering it with the layer of an earlier build of the same files."""

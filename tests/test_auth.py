@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.conftest_hub import (
+    NO_SPAWN_WAIT,
     gitlab_token_of,
     job_secrets,
     jobs_of,
@@ -110,7 +111,7 @@ def stop(hub, user="alice"):
 
 
 def test_an_expired_token_is_refreshed_before_the_launch(make_hub, hb_gitlab, runner_token):
-    hub = make_hub({"gitlab": {"clone_method": "token"}})
+    hub = make_hub({"gitlab": {"clone_method": "token"}}, extra_config=NO_SPAWN_WAIT)
     browser_login(hub, "alice", "alice-pw")
     old = auth_state(hub, "alice")["access_token"]
     hb_gitlab.expire_token(old)  # GitLab says it is over, earlier than the hub expected
@@ -122,10 +123,12 @@ def test_an_expired_token_is_refreshed_before_the_launch(make_hub, hb_gitlab, ru
 
 def test_a_token_near_its_expiry_is_refreshed_before_the_launch(make_hub, hb_gitlab,
                                                                 runner_token):
-    # tokens live 7200 s; demanding 7190 s left makes every launch refresh first
-    hub = make_hub({"gitlab": {"clone_method": "token", "token_min_lifetime": 7190}})
+    # tokens live 7200 s; demanding 7199 s left makes every launch more than a second
+    # after the login refresh first (and the new token expire later than the old one)
+    hub = make_hub({"gitlab": {"clone_method": "token", "token_min_lifetime": 7199}},
+                   extra_config=NO_SPAWN_WAIT)
     browser_login(hub, "alice", "alice-pw")
-    time.sleep(11)
+    time.sleep(2)
     old = auth_state(hub, "alice")
     used = launch_and_read_clone_token(hub, runner_token)
     assert used != old["access_token"]

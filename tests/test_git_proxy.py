@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis.asyncio as aioredis
@@ -166,18 +167,20 @@ def test_a_job_handed_back_after_its_fetch_gets_a_renewed_grant(
     renews the grant and the next runner fetches and starts the notebook."""
     marker = f"handback-build-{secrets.token_hex(4)}"  # no build cache from earlier runs
     hb_gitlab.commit("demo/hello", "main", {
-        "Dockerfile": DEMO_DOCKERFILE + f"RUN echo {marker}\nRUN sleep 40\n"})
+        "Dockerfile": DEMO_DOCKERFILE + f"RUN echo {marker}\nRUN sleep 15\n"})
     hub = make_hub()
     first = hb_runner(hub)
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
-    assert start_server(hub, "alice", "again", token).status_code in (201, 202)
-    (job,) = wait_until(lambda: jobs_of(hub, "alice", "again"), 30, "job")
-    wait_until(lambda: marker in _job_log(hub, job["id"]), 300,
-               "the build started")
-    assert not hub.redis().exists(hub.keys.git_grant(job['id']))
-    first.stop()  # SIGTERM: the job goes back to the queue
-    hb_runner(hub)
+    with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout (10 s)
+        request = pool.submit(start_server, hub, "alice", "again", token)
+        (job,) = wait_until(lambda: jobs_of(hub, "alice", "again"), 30, "job")
+        wait_until(lambda: marker in _job_log(hub, job["id"]), 300,
+                   "the build started")
+        assert not hub.redis().exists(hub.keys.git_grant(job['id']))
+        first.stop()  # SIGTERM: the job goes back to the queue
+        hb_runner(hub)
+        assert request.result().status_code in (201, 202)
     wait_ready(hub, "alice", "again")
     log = _job_log(hub, job["id"])
     assert "The hub renewed the clone credential for another fetch" in log

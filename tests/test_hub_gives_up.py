@@ -89,14 +89,14 @@ def test_the_hubs_build_timeout_is_the_one_runners_apply_and_the_user_reads_it(
     """``runners.build_timeout`` in the operator's config.yml reaches the runner (through
     the signed conf): a build longer than it fails the launch with the runner's message,
     which names the timeout and the setting to raise."""
-    hub = make_hub({"runners": {"build_timeout": 20}})
+    hub = make_hub({"runners": {"build_timeout": 10}})
     hb_runner(hub)
     hb_gitlab.commit("demo/hello", "main", {
         "Dockerfile": DEMO_DOCKERFILE + slow_build_step("hub-timeout-step", 600)})
     hub.login("alice", "alice-pw")
     r = start_server(hub, "alice", "slow", hub.user_token("alice"))
     assert spawn_error(hub, "alice", "slow", r, timeout=600) == (
-        "The build took longer than the build timeout (20 s) and was stopped: ask the "
+        "The build took longer than the build timeout (10 s) and was stopped: ask the "
         "hub's operator to raise runners.build_timeout, or make the environment smaller")
     assert hub.job_of("alice", "slow")["state"] == "failed"
 

@@ -5,12 +5,14 @@ that dies, and who may see and control whose server."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from docker.errors import NotFound
 
 from tests.conftest_hub import (
+    NO_SPAWN_WAIT,
     jobs_of,
     progress_events,
     server_model,
@@ -20,7 +22,7 @@ from tests.conftest_hub import (
     wait_ready,
     wait_until,
 )
-from tests.conftest_stack import DEMO_DOCKERFILE, slow_build_step
+from tests.conftest_stack import DEMO_DOCKERFILE, QUICK_HEARTBEAT, slow_build_step
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -46,9 +48,6 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
     hub = make_hub()
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
-    # no runner yet: the launch waits in the queue while the pending page connects
-    r = start_server(hub, "alice", "hello", token)
-    assert r.status_code in (201, 202), r.text
     streams: dict[str, list[dict]] = {}
 
     def read(name: str) -> threading.Thread:
@@ -57,8 +56,14 @@ def test_progress_events_arrive_in_order_and_replay_from_the_start(make_hub, hb_
         t.start()
         return t
 
-    first = read("first")
-    hb_runner(hub)
+    # no runner yet: the launch waits in the queue while the pending page connects
+    with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout (10 s)
+        request = pool.submit(start_server, hub, "alice", "hello", token)
+        wait_until(lambda: jobs_of(hub, "alice", "hello"), 60, "the queued job")
+        first = read("first")
+        hb_runner(hub)
+        r = request.result()
+    assert r.status_code in (201, 202), r.text
     # a second page opened while the job runs sees the log from the start too
     wait_until(lambda: [j for j in jobs_of(hub, "alice", "hello")
                         if j["state"] == "building"], 300, "the build")
@@ -134,7 +139,7 @@ def test_a_container_that_dies_ends_the_server(make_hub, hb_runner, docker_clien
 
 
 def test_users_see_and_control_only_their_own_servers(make_hub):
-    hub = make_hub()
+    hub = make_hub(extra_config=NO_SPAWN_WAIT)  # the launch stays queued: no runner
     hub.login("alice", "alice-pw")
     alice = hub.user_token("alice")
     assert start_server(hub, "alice", "hello", alice).status_code in (201, 202)
@@ -161,12 +166,12 @@ def test_users_see_and_control_only_their_own_servers(make_hub):
 
 def test_a_runner_that_dies_ends_the_server_with_a_reason(make_hub, hb_runner):
     hub = make_hub(extra_config=FAST_POLL)
-    runner = hb_runner(hub)
+    runner = hb_runner(hub, *QUICK_HEARTBEAT)
     hub.login("alice", "alice-pw")
     assert start_server(hub, "alice", "hello", hub.user_token("alice")).status_code in (201,
                                                                                         202)
     wait_ready(hub, "alice", "hello")
-    runner.stop(sig=9)  # a crash: no goodbye, the heartbeat just expires (30 s)
+    runner.stop(sig=9)  # a crash: no goodbye, the heartbeat just expires (4 s here)
     wait_gone(hub, "alice", "hello", timeout=180)
     job = jobs_of(hub, "alice", "hello")[0]
     assert job["state"] == "failed", job
@@ -178,16 +183,19 @@ def test_a_runner_that_dies_mid_build_hands_the_launch_to_another(make_hub, hb_r
     """The launch is not lost with its runner: the job goes back to the queue (the hub
     reaps it as soon as the heartbeat is gone) and another runner finishes it."""
     hb_gitlab.commit("demo/hello", "main",
-                     {"Dockerfile": DEMO_DOCKERFILE + slow_build_step("doomed-build", 60)})
+                     {"Dockerfile": DEMO_DOCKERFILE + slow_build_step("doomed-build", 10)})
     hub = make_hub(extra_config=FAST_POLL)
-    doomed = hb_runner(hub)
+    doomed = hb_runner(hub, *QUICK_HEARTBEAT)
     hub.login("alice", "alice-pw")
-    r = start_server(hub, "alice", "hello", hub.user_token("alice"))
+    token = hub.user_token("alice")
+    with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout (10 s)
+        request = pool.submit(start_server, hub, "alice", "hello", token)
+        wait_until(lambda: (j := hub.job_of("alice", "hello")) and j["state"] == "building",
+                   300, "the build on the first runner")
+        doomed.stop(sig=9)  # a crash mid-build: its heartbeat expires in 4 s
+        survivor = hb_runner(hub)
+        r = request.result()
     assert r.status_code in (201, 202), r.text
-    wait_until(lambda: (j := hub.job_of("alice", "hello")) and j["state"] == "building",
-               300, "the build on the first runner")
-    doomed.stop(sig=9)  # a crash mid-build: its heartbeat expires in 30 s
-    survivor = hb_runner(hub)
     wait_ready(hub, "alice", "hello", timeout=600)
     job = hub.job_of("alice", "hello")
     assert (job["state"], job["runner"]) == ("running", survivor.runner_id), job

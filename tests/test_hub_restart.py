@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest_hub import (
+    NO_SPAWN_WAIT,
     log_states,
     queue,
     start_server,
@@ -40,10 +41,10 @@ def test_a_launch_building_when_the_hub_restarts_ends_up_running(
     """The hub stops while the runner builds (a slow build step) and starts again: the
     same job reaches ``running`` after the new hub process is up, and the server is
     ready and answers through the proxy."""
-    hub = make_hub()
+    hub = make_hub(extra_config=NO_SPAWN_WAIT)
     hb_runner(hub)
     hb_gitlab.commit("demo/hello", "main", {
-        "Dockerfile": DEMO_DOCKERFILE + slow_build_step("restart-step", 20)})
+        "Dockerfile": DEMO_DOCKERFILE + slow_build_step("restart-step", 12)})
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     assert start_server(hub, "alice", "busy", token).status_code in (201, 202)
@@ -68,7 +69,7 @@ def test_a_launch_queued_when_the_hub_restarts_runs_once_a_runner_takes_it(
     """A launch still queued (no runner yet) when the hub restarts stays queued under
     the restarted hub, which follows it: a runner started afterwards takes the same
     job, and the server is ready and reachable, with nothing left on the queue."""
-    hub = make_hub()
+    hub = make_hub(extra_config=NO_SPAWN_WAIT)
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     assert start_server(hub, "alice", "again", token).status_code in (201, 202)
@@ -91,7 +92,7 @@ def test_a_launch_queued_when_the_hub_restarts_fails_after_the_queue_timeout(
     runner at all the job fails with the queue timeout's reason, off the queue, and
     the server is gone, not stuck pending. (The operator lowers the timeout with the
     restart; the first hub's 120 s keep it from ending the launch before.)"""
-    hub = make_hub()
+    hub = make_hub(extra_config=NO_SPAWN_WAIT)
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     assert start_server(hub, "alice", "lonely", token).status_code in (201, 202)

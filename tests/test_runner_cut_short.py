@@ -28,7 +28,7 @@ async def test_build_over_the_build_timeout_fails_and_leaves_nothing_behind(
     """conf ``build_timeout`` is what the runner applies: a build step longer than it
     fails the job with a message naming the timeout and the setting, repo2docker is
     killed, the build lock is released, and the runner goes on with the next job."""
-    launcher.conf.build_timeout = 20
+    launcher.conf.build_timeout = 12  # long enough to see the build, lock and repo2docker
     runner = rt_runners.start("timeout")
     sha = demo_project.commit("demo/hello", "main", {
         "Dockerfile": RT_DOCKERFILE + slow_build_step("endless-step", 600)})
@@ -40,7 +40,7 @@ async def test_build_over_the_build_timeout_fails_and_leaves_nothing_behind(
 
     job = await launcher.wait_state(job_id, ("failed", "stopped"))
     assert job["state"] == "failed"
-    assert job["error"].startswith("The build took longer than the build timeout (20 s)")
+    assert job["error"].startswith("The build took longer than the build timeout (12 s)")
     assert "runners.build_timeout" in job["error"]
     assert processes_under(runner.work_dir) == []
     assert not await redis.exists(lock)

@@ -8,10 +8,8 @@ import time
 import pytest
 from docker.errors import NotFound
 
-from booklab_spawner.registry import HEARTBEAT_TTL
-from booklab_spawner.runner.app import RunnerApp
 from tests.conftest_runner import RT_DOCKERFILE, notebook
-from tests.conftest_stack import slow_build_step
+from tests.conftest_stack import QUICK_HEARTBEAT, QUICK_HEARTBEAT_TTL, slow_build_step
 from tests.services import NOTEBOOK_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -27,14 +25,15 @@ async def wait_log(launcher, job_id: str, text: str, timeout: float = 300) -> No
 async def test_sigkill_mid_build_requeues_job_to_another_runner_soon_after_the_ttl(
         launcher, rt_runners, rt_docker, demo_project, redis, keys):
     sha = demo_project.commit("demo/hello", "main", {
-        "Dockerfile": RT_DOCKERFILE + slow_build_step("slow-build-step", 20)})
-    doomed = rt_runners.start("doomed")
+        "Dockerfile": RT_DOCKERFILE + slow_build_step("slow-build-step", 8)})
+    doomed = rt_runners.start("doomed", *QUICK_HEARTBEAT)
     job_id = await launcher.launch("demo/hello", sha)
     await wait_log(launcher, job_id, "slow-build-step")
     job = await launcher.store.get(job_id)
     assert (job["state"], job["runner"]) == ("building", "rt-doomed")
 
-    rt_runners.start("survivor")
+    reap = 1  # the survivor scans for dead runners every second (default 5)
+    rt_runners.start("survivor", f"--reap-interval={reap}")
     doomed.kill()
     killed_at = time.time()
 
@@ -44,9 +43,11 @@ async def test_sigkill_mid_build_requeues_job_to_another_runner_soon_after_the_t
     requeue = next(e for e in entries if e.kind == "state" and e.state == "queued"
                    and e.ts > killed_at)
     assert "Runner rt-doomed stopped answering" in requeue.message
+    # the dead builder's lock is broken at once, not waited out (its 30 s TTL)
+    assert "Runner rt-doomed stopped answering while it built image" in \
+        await launcher.log_text(job_id)
     # the heartbeat expires, then the survivor's next scan requeues it (slack for load)
-    reap = RunnerApp.reap_interval.default_value
-    assert requeue.ts - killed_at < HEARTBEAT_TTL + 3 * reap + 10
+    assert requeue.ts - killed_at < QUICK_HEARTBEAT_TTL + 3 * reap + 10
     assert await redis.llen(keys.claimed("rt-doomed")) == 0
     await launcher.stop(job_id)
 

@@ -16,6 +16,7 @@ import pytest
 
 from booklab_spawner import registry
 from booklab_spawner.runner.app import Runner, RunnerApp
+from booklab_spawner.runner.heartbeat import heartbeat_loop
 from booklab_spawner.runner.recovery import RecoveryContext, reap_dead, reap_loop
 
 # listens on the --port the runner appends only after DELAY seconds
@@ -47,19 +48,45 @@ def app(*argv: str) -> RunnerApp:
 def test_runner_timing_options_have_documented_defaults():
     a = app()
     assert (a.reap_interval, a.orphan_grace, a.shutdown_timeout) == (5.0, 300.0, 60.0)
-    for option in ("--reap-interval=0", "--shutdown-timeout=0", "--orphan-grace=-1"):
+    assert (a.heartbeat_ttl, a.heartbeat_interval) == (30, 10.0)
+    for option in ("--reap-interval=0", "--shutdown-timeout=0", "--orphan-grace=-1",
+                   "--heartbeat-ttl=0", "--heartbeat-interval=0"):
         with pytest.raises(Exception, match="must"):
             app(option)
 
 
 @pytest.mark.docker  # the Runner opens its Docker client
 def test_runner_timing_options_reach_the_runner():
-    configured = app("--reap-interval=7", "--orphan-grace=42", "--shutdown-timeout=9")
+    configured = app("--reap-interval=7", "--orphan-grace=42", "--shutdown-timeout=9",
+                     "--heartbeat-ttl=6", "--heartbeat-interval=2")
     configured.runner_token = "t" * 40
     runner = Runner(configured)
     assert (runner.reap_interval, runner.orphan_grace, runner.shutdown_timeout) == (7, 42, 9)
+    assert (runner.heartbeat_ttl, runner.heartbeat_interval) == (6, 2)
     # and reach the part that applies them
     assert (runner.recovery.reap_interval, runner.recovery.orphan_grace) == (7, 42)
+
+
+def test_a_heartbeat_interval_not_below_the_ttl_is_refused():
+    configured = app("--heartbeat-ttl=5", "--heartbeat-interval=5")
+    configured.runner_token = "t" * 40
+    with pytest.raises(SystemExit):
+        configured.start()
+
+
+async def test_the_heartbeat_lives_the_configured_ttl(redis, keys):
+    """What the runner's heartbeat loop writes expires after its heartbeat_ttl."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(heartbeat_loop(redis, keys, "beating", dict, stop, 0.2, 3))
+    try:
+        await asyncio.sleep(0.5)
+        assert 0 < await redis.ttl(keys.heartbeat("beating")) <= 3
+    finally:
+        stop.set()
+        await task
+    assert await registry.is_alive(redis, keys, "beating")
+    await asyncio.sleep(3.2)  # no beat since: the key is gone, the runner dead
+    assert not await registry.is_alive(redis, keys, "beating")
 
 
 # -- reaping, against a real Redis ------------------------------------------------------

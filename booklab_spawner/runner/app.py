@@ -57,6 +57,7 @@ class Runner:
         # timings (see RunnerApp): recovery.py reads the first two
         self.reap_interval, self.orphan_grace = app.reap_interval, app.orphan_grace
         self.shutdown_timeout = app.shutdown_timeout
+        self.heartbeat_ttl, self.heartbeat_interval = app.heartbeat_ttl, app.heartbeat_interval
         self.keys = Keys(app.key_prefix)
         self.redis = connect(app.redis_url)
         self.store = J.JobStore(self.redis, self.keys)
@@ -131,7 +132,8 @@ class Runner:
         fetch.sweep_work_dir(self.work_dir)  # keys and checkouts a killed runner left
         self.labels = runner_labels.offered(
             self.operator_labels, runner_labels.detect(await self.launcher.engine_info()))
-        await registry.register(self.redis, self.keys, self.runner_id, self.info())
+        await registry.register(self.redis, self.keys, self.runner_id, self.info(),
+                                self.heartbeat_ttl)
         log.info("runner %s registered (%d slot(s), advertising %s)",
                  self.runner_id, self.slots, self.advertise_host)
         await self._isolate()
@@ -140,7 +142,8 @@ class Runner:
         await self._evict()
         tasks = [
             asyncio.create_task(heartbeat_loop(self.redis, self.keys, self.runner_id,
-                                               self.info, self.stopping)),
+                                               self.info, self.stopping,
+                                               self.heartbeat_interval, self.heartbeat_ttl)),
             asyncio.create_task(self.claim_loop()),
             asyncio.create_task(self.command_loop()),
             asyncio.create_task(reap_loop(self.recovery)),
@@ -155,7 +158,7 @@ class Runner:
             # (or this one, restarted) reap and reconcile what we held.
             why = str(e) or f"not done within the shutdown timeout ({self.shutdown_timeout:g} s)"
             log.warning("could not hand back jobs or deregister (%s); "
-                        "the heartbeat will expire in %d s", why, registry.HEARTBEAT_TTL)
+                        "the heartbeat will expire in %d s", why, self.heartbeat_ttl)
         tasks[0].cancel()
         await self.warm.close()
         await self.launcher.close()
@@ -374,11 +377,19 @@ class RunnerApp(Application):
                          "heartbeat during which its running notebooks are left alone, so "
                          "that it can come back and adopt them; after that they are failed, "
                          "e.g. 300.")
+    heartbeat_ttl = Integer(registry.HEARTBEAT_TTL, config=True, help="Seconds after its "
+                            "last heartbeat until this runner counts as dead, e.g. 30: "
+                            "then its waiting jobs go back to the queue and the hub fails "
+                            "its running notebooks. Shorter notices a crash sooner; too "
+                            "short, and a runner slowed by load is taken for dead.")
+    heartbeat_interval = Float(float(registry.HEARTBEAT_INTERVAL), config=True,
+                               help="Seconds between heartbeats, e.g. 10; well below "
+                               "heartbeat_ttl (a third of it leaves two beats to miss).")
     shutdown_timeout = Float(60.0, config=True, help="Seconds this runner takes on SIGTERM "
                              "to hand back waiting jobs, stop its notebooks and deregister, "
                              "e.g. 60; past it, it exits and others reap what it held.")
 
-    @validate("reap_interval", "shutdown_timeout")
+    @validate("reap_interval", "shutdown_timeout", "heartbeat_ttl", "heartbeat_interval")
     def _check_positive_timing(self, proposal) -> float:
         if proposal.value <= 0:
             raise ValueError(f"{proposal.trait.name} must be greater than 0")
@@ -466,6 +477,8 @@ class RunnerApp(Application):
         "reap-interval": "RunnerApp.reap_interval",
         "orphan-grace": "RunnerApp.orphan_grace",
         "shutdown-timeout": "RunnerApp.shutdown_timeout",
+        "heartbeat-ttl": "RunnerApp.heartbeat_ttl",
+        "heartbeat-interval": "RunnerApp.heartbeat_interval",
         "pids-limit": "RunnerApp.pids_limit",
         "default-mem-limit": "RunnerApp.default_mem_limit",
         "default-cpu-limit": "RunnerApp.default_cpu_limit",
@@ -489,6 +502,9 @@ class RunnerApp(Application):
             check_runner_token(self.runner_token)
         except ValueError as e:
             self.exit(f"booklab-runner: {e} (set $BOOKLAB_RUNNER_TOKEN)")
+        if self.heartbeat_interval >= self.heartbeat_ttl:
+            self.exit(f"booklab-runner: heartbeat_interval ({self.heartbeat_interval:g} s) "
+                      f"must be shorter than heartbeat_ttl ({self.heartbeat_ttl} s)")
         logging.basicConfig(level=self.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(self._main())

@@ -5,7 +5,9 @@ with a short TTL whose value names its runner and job) and refreshes it while
 repo2docker runs, so the lock dies with a runner that dies. Any other job
 that needs the same image meanwhile follows the builder's log (repo2docker's
 lines appear in its own log too) and, when the lock is gone, finds the image
-built, or takes the lock and builds itself if that build failed.
+built, or takes the lock and builds itself if that build failed. A lock whose
+runner has no heartbeat any more is broken at once rather than waited out: that
+runner died mid-build (its job, requeued, is often the very one that waits).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: the lock, the holder's heartbeat; ARGV: the holder's lock value
+_BREAK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 Relay = Callable[[str, str], Awaitable[None]]  # (message, phase)
 
@@ -42,10 +51,12 @@ class BuildLock:
     def __init__(self, redis: aioredis.Redis, keys: Keys, image_hash: str,
                  runner_id: str, job_id: str):
         self.redis = redis
+        self.keys = keys
         self.key = keys.build_lock(image_hash)
         self.value = f"{runner_id} {job_id}"
         self._refresh = redis.register_script(_REFRESH_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._break = redis.register_script(_BREAK_LUA)
 
     async def acquire(self) -> bool:
         return bool(await self.redis.set(self.key, self.value, nx=True, ex=LOCK_TTL))
@@ -57,6 +68,17 @@ class BuildLock:
             return None
         runner_id, job_id = value.split(" ", 1)
         return runner_id, job_id
+
+    async def break_if_dead(self, holder: tuple[str, str]) -> bool:
+        """Delete the lock if ``holder`` still has it and its runner's heartbeat is
+        gone (it died building); True if it was deleted."""
+        runner_id, job_id = holder
+        try:
+            heartbeat = self.keys.heartbeat(runner_id)  # checks the id read from Redis
+        except ValueError:
+            return False
+        return bool(await self._break(keys=[self.key, heartbeat],
+                                      args=[f"{runner_id} {job_id}"]))
 
     async def release(self) -> None:
         await self._release(keys=[self.key], args=[self.value])

@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 
 async def heartbeat_loop(redis: aioredis.Redis, keys: Keys, runner_id: str,
                          info: Callable[[], dict[str, Any]], stop: asyncio.Event,
-                         interval: float = registry.HEARTBEAT_INTERVAL) -> None:
-    """Refresh the heartbeat every ``interval`` s until ``stop`` is set."""
+                         interval: float = registry.HEARTBEAT_INTERVAL,
+                         ttl: int = registry.HEARTBEAT_TTL) -> None:
+    """Refresh the heartbeat (expiring after ``ttl`` s) every ``interval`` s until
+    ``stop`` is set."""
     while not stop.is_set():
         try:
-            await registry.beat(redis, keys, runner_id, info())
+            await registry.beat(redis, keys, runner_id, info(), ttl)
         except Exception as e:  # keep beating through a Redis restart
             log.warning("heartbeat failed: %s", e)
         try:

@@ -247,7 +247,10 @@ class JobWorker:
                 await self.say(f"Built image {image}")
                 return image
             holder = await lock.holder()
-            if holder is not None:
+            if holder is not None and await lock.break_if_dead(holder):
+                await self.say(f"Runner {holder[0]} stopped answering while it built image "
+                               f"{image} for job {holder[1]}: building it here")
+            elif holder is not None:
                 await self.say(f"Image {image} is being built for job {holder[1]} on runner "
                                f"{holder[0]}: waiting for that build, its log follows")
                 await lock.follow(self.store, holder[1], self._build_line)
