@@ -45,6 +45,7 @@ from ..exceptions import LaunchFailed
 from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits
 
 log = logging.getLogger(__name__)
+REFIT = 5.0  # seconds between fits of the pool when nothing woke it
 
 READY_LINE = b"booklab-warm: ready"
 WARM_CMD = ["jupyterhub-singleuser"]  # only launches with the default command go warm
@@ -216,7 +217,9 @@ class WarmPool:
                 await self._fit()
             except Exception as e:  # Docker hiccup: the next change tries again
                 log.warning("warm pool: %s", e)
-            timeout = self._next_expiry()
+            # also every REFIT s: a slot freed by a path that did not wake the pool
+            # (or a change missed) costs a few seconds, never the pool
+            timeout = min(self._next_expiry() or REFIT, REFIT)
             waiter = asyncio.ensure_future(self._wake.wait())
             stop = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiter, stop}, timeout=timeout,
@@ -249,6 +252,9 @@ class WarmPool:
         while len(self.warm) > max(keep, 0):
             await self._discard(self._oldest(), "its slot is needed")
         room = min(self.size, self.slots - self.busy()) - len(self.warm) - self._creating
+        log.debug("warm pool: %d warm, %d creating, %d busy of %d slots, %d recent: room %d",
+                  len(self.warm), self._creating, self.busy(), self.slots, len(self.recent),
+                  room)
         have = {w.recipe for w in self.warm.values()}
         wanted = sorted((r for r in self.recent if r not in have),
                         key=lambda r: self.recent[r], reverse=True)
