@@ -73,12 +73,18 @@ def _words(rest: str) -> list[str] | None:
         return None
 
 
-def _copy_sources(keyword: str, rest: str) -> list[str] | None:
-    """Context paths one COPY/ADD reads ([] for none), None when they cannot be known."""
+def _flags(rest: str) -> tuple[list[str], str]:
+    """An instruction's leading ``--flag[=value]`` words, and what follows them."""
     flags = []
     while rest.lstrip().startswith("--"):
         flag, _, rest = rest.lstrip().partition(" ")
         flags.append(flag)
+    return flags, rest
+
+
+def _copy_sources(keyword: str, rest: str) -> list[str] | None:
+    """Context paths one COPY/ADD reads ([] for none), None when they cannot be known."""
+    flags, rest = _flags(rest)
     if any(f.startswith(("--parents", "--exclude")) for f in flags):
         return None
     if any(f.startswith("--from") for f in flags):
@@ -102,14 +108,13 @@ def _copy_sources(keyword: str, rest: str) -> list[str] | None:
 
 
 def _run_reads_context(rest: str) -> bool:
-    for word in (_words(rest) or []) if not rest.lstrip().startswith("[") else []:
-        if not word.startswith("--mount"):
-            if not word.startswith("--"):
-                break
-            continue
-        options = dict(o.partition("=")[::2] for o in word.split("=", 1)[1].split(","))
-        if options.get("type", "bind") not in _SAFE_MOUNTS:
-            return True
+    """Whether a RUN's ``--mount`` flags bind the context (``bind`` is the default)."""
+    for flag in _flags(rest)[0]:
+        name, _, value = flag.partition("=")
+        if name == "--mount":
+            options = dict(o.partition("=")[::2] for o in value.split(","))
+            if options.get("type", "bind") not in _SAFE_MOUNTS:
+                return True
     return False
 
 
