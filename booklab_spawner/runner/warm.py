@@ -42,7 +42,7 @@ from typing import Any
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from ..exceptions import LaunchFailed
-from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits
+from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits, send_line
 
 log = logging.getLogger(__name__)
 REFIT = 5.0  # seconds between fits of the pool when nothing woke it
@@ -194,7 +194,7 @@ class WarmPool:
             await launcher.call(container.rename, f"booklab-{job['id']}")
             if content:
                 await launcher.put_content(container, content)
-            await launcher.call(_send_line, launcher.client, warm.container_id,
+            await launcher.call(send_line, launcher.client, warm.container_id,
                                 json.dumps(payload).encode() + b"\n")
         except (APIError, NotFound) as e:
             raise LaunchFailed("Docker refused to hand the warm notebook container over: "
@@ -332,15 +332,6 @@ class WarmPool:
                  warm.recipe.image, why)
         await self.launcher.remove(warm.container_id, grace=0)
         await self.changed()
-
-
-def _send_line(client: Any, container_id: str, data: bytes) -> None:
-    """Write ``data`` to a running container's stdin (Docker's attach socket)."""
-    sock = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-    try:
-        getattr(sock, "_sock", sock).sendall(data)
-    finally:
-        sock.close()
 
 
 def _wait_line(client: Any, container_id: str, line: bytes) -> bool:

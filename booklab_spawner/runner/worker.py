@@ -260,7 +260,9 @@ class JobWorker:
 
     async def _start(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
                      content: str) -> None:
-        env = {**json.loads(job.get("env") or "{}"), **(secrets.get("env") or {})}
+        public = json.loads(job.get("env") or "{}")
+        secret = secrets.get("env") or {}
+        env = {**public, **secret}
         cmd = json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
         args = json.loads(job.get("args") or "[]")
         pool = self.runner.warm
@@ -278,8 +280,8 @@ class JobWorker:
                 return
             await pool.make_room()
         self.container_id, self._url = await self.runner.launcher.start(
-            job, self.image, cmd + args, env, conf.network, conf.notebook_port, conf.user_id,
-            content=content)
+            job, self.image, cmd + args, public, conf.network, conf.notebook_port, conf.user_id,
+            content=content, secret_env=secret)
 
     async def _adopted(self) -> None:
         try:
