@@ -127,21 +127,28 @@ def wait_answer(url: str, timeout: float = 90) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+MARKS: list[dict[str, float]] = []  # per launch: wall-clock times of POST and hub-ready
+
+
 def launch(api, url: str, user: str, path: str, body: dict | None) -> float:
     """POST the server, then until the hub says ready and the server answers through
     the proxy; the server is stopped afterwards (not timed)."""
     token = api("POST", f"/users/{user}/tokens", json={"expires_in": 600}).json()["token"]
+    marks = {"post": time.time()}
+    MARKS.append(marks)
     start = time.perf_counter()
     r = api("POST", f"/users/{user}/{path}", json=body)
     assert r.status_code in (201, 202), r.text
     name = path.removeprefix("servers/") if path.startswith("servers/") else ""
     while not api("GET", f"/users/{user}").json()["servers"].get(name, {}).get("ready"):
         time.sleep(POLL)
+    marks["ready"] = time.time()
     prefix = f"/user/{user}/{name + '/' if name else ''}"
     while requests.get(f"{url}{prefix}api/status", timeout=30,
                        headers={"Authorization": f"token {token}"}).status_code != 200:
         time.sleep(POLL)
     elapsed = time.perf_counter() - start
+    marks["status"] = time.time()
     r = api("DELETE", f"/users/{user}/{path}")
     assert r.status_code in (202, 204), r.text
     while api("GET", f"/users/{user}").json()["servers"].get(name, {}).get("ready"):
@@ -157,6 +164,34 @@ def start_phase(hub: Hub, user: str, server: str) -> float:
     states = {f["state"]: float(f["ts"]) for _, f in hub.redis().xrange(hub.keys.log(job["id"]))
               if f.get("kind") == "state"}
     return states["running"] - states["starting"]
+
+
+PHASES = ("queued", "claimed", "fetching", "building", "starting", "running")
+
+
+def phase_marks(hub: Hub, user: str, server: str) -> dict[str, float]:
+    """Seconds after the POST at which the newest job reached each state (the job
+    log's wall-clock ``ts``), the hub said ready, and ``api/status`` answered."""
+    marks = MARKS[-1]
+    job = hub.job_of(user, server)
+    out = {f["state"]: float(f["ts"]) - marks["post"]
+           for _, f in hub.redis().xrange(hub.keys.log(job["id"]))
+           if f.get("kind") == "state" and f.get("state") in PHASES}
+    out["hub ready"] = marks["ready"] - marks["post"]
+    out["api/status 200"] = marks["status"] - marks["post"]
+    return out
+
+
+def print_phases(side: str, runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median time after the POST of each mark, and the median step to it."""
+    names = [n for n in (*PHASES, "hub ready", "api/status 200") if all(n in r for r in runs)]
+    medians = {n: statistics.median(r[n] for r in runs) for n in names}
+    print(f"{side}: median seconds after the POST (step from the previous mark)")
+    previous = 0.0
+    for name in names:
+        print(f"  {name:<16} {medians[name]:>7.3f}  (+{medians[name] - previous:.3f})")
+        previous = medians[name]
+    return medians
 
 
 def wait_warm_ready(client, runner_id: str, timeout: float = 120) -> None:
@@ -217,11 +252,13 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
         gitlab.latency = latency
         times: dict[str, list[float]] = {"hot": [], "cold": [], "dockerspawner": []}
         phases: dict[str, list[float]] = {"hot": [], "cold": []}
+        marks: dict[str, list[dict[str, float]]] = {"hot": [], "cold": []}
         for _ in range(runs):
             for side in ("hot", "cold"):
                 hub = hubs[side]
                 times[side].append(launch(hub.api, hub.url, "alice", "servers/bench", body))
                 phases[side].append(start_phase(hub, "alice", "bench"))
+                marks[side].append(phase_marks(hub, "alice", "bench"))
                 if side == "hot":
                     wait_warm_ready(client, runners["hot"].runner_id)  # untimed refill
             times["dockerspawner"].append(launch(stock.api, stock.url, "bench", "server", None))
@@ -239,6 +276,7 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
             print(f"{row['name']:<30} {row['median_s']:>9.3f} {row['min_s']:>7.3f} "
                   f"{'' if phase is None else f'{phase:.3f}':>14} "
                   f"{row['ratio_to_dockerspawner']:>16.2f}")
+        result["phases"] = {side: print_phases(side, marks[side]) for side in ("hot", "cold")}
         if json_path:
             Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         return result
