@@ -255,6 +255,14 @@ SETTINGS: list[Setting] = [
     Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: the runner's "
             "--default-cpu-limit, 1.0 unless its operator says otherwise).",
             check=_non_negative),
+    Setting("save.max_file_size", int, 10 * 1024 ** 2, "Largest file (bytes) 'Save to "
+            "GitLab' reads from a server and commits; a larger one stops the save with a "
+            "message naming it.", check=_positive),
+    Setting("save.max_total_size", int, 50 * 1024 ** 2, "Most bytes one save reads from a "
+            "server in all.", check=_positive),
+    Setting("save.max_files", int, 2000, "Most files and folders one save lists on a "
+            "server; a server with more cannot be saved (nothing is committed).",
+            check=_positive),
 ]
 
 
@@ -434,6 +442,8 @@ def apply(c: Any, s: dict[str, Any]) -> None:
         sp.mem_limit = s["runners.mem_limit"]
     if s["runners.cpu_limit"]:
         sp.cpu_limit = s["runners.cpu_limit"]
+    for name in ("max_file_size", "max_total_size", "max_files"):
+        setattr(c.BooklabSaver, name, s[f"save.{name}"])
     _apply_proxy(c, s)
 
 

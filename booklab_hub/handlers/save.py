@@ -1,0 +1,128 @@
+"""Save to GitLab: ``GET /hub/booklab/api/save/<server>`` previews the files changed since
+the launch, ``POST`` (JSON ``{"branch": ..., "message": ...}``) commits them.
+
+Only the server's owner may save it, admins included: the commit is made with the
+owner's GitLab token, so an admin saving someone else's server would push in their
+name. Another person's server answers 404, as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyterhub import orm
+from tornado import web
+
+from booklab_spawner.exceptions import GitLabError, JobNotFound
+
+from ..save import (
+    BooklabSaver,
+    Launched,
+    SaveError,
+    SaveRun,
+    ServerFiles,
+    checked_branch,
+    checked_message,
+    default_branch,
+)
+from ..save_gitlab import SaveGitLab
+from .base import gitlab_status
+from .picker import JSONHandler
+
+NO_SERVER = "You have no running server with that name"
+
+
+class SaveAPIHandler(JSONHandler):
+    def initialize(self, booklab, saver: BooklabSaver) -> None:
+        super().initialize(booklab)
+        self.saver = saver
+
+    async def get(self, name: str) -> None:
+        user, spawner = self._own_server(name)
+        await self._run(user, spawner, None)
+
+    async def post(self, name: str) -> None:
+        user, spawner = self._own_server(name)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "The body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The body must be a JSON object")
+        await self._run(user, spawner, body)
+
+    def _own_server(self, name: str):
+        user = self.current_user
+        spawner = user.spawners.get(name)  # dict.get: never makes a new spawner
+        if spawner is None or not spawner.ready or spawner.server is None:
+            raise web.HTTPError(404, NO_SERVER)
+        return user, spawner
+
+    async def _run(self, user, spawner, body: dict | None) -> None:
+        try:
+            launched = await self._launched(user, spawner)
+            if body is not None:  # checked before anything is read
+                branch = checked_branch(body.get("branch") or default_branch(user.name,
+                                                                             spawner.name))
+                message = checked_message(body.get("message"),
+                                          f"Save from Booklab server {spawner.name}")
+            gitlab = SaveGitLab(self.booklab.gitlab_url, await self._gitlab_token(user))
+            token = user.new_api_token(
+                scopes=[f"access:servers!server={user.name}/{spawner.name}"],
+                expires_in=self.saver.token_lifetime, note="booklab save (deleted after)")
+            try:
+                files = ServerFiles(spawner.server.url, token, self.saver.limits())
+                run = SaveRun(gitlab, files, launched)
+                if body is None:
+                    plan, _, _ = await run.preview()
+                    self.finish({"project": launched.project, "sha": launched.sha,
+                                 "branch": default_branch(user.name, spawner.name),
+                                 "files": [c.public() for c in plan.changes],
+                                 "skipped": plan.skipped})
+                    return
+                result = await run.save(branch, message)
+            finally:
+                self._delete_token(token)
+        except SaveError as e:
+            self.set_status(e.status)
+            self.finish({"error": str(e)})
+            return
+        except GitLabError as e:
+            return self.gitlab_failed(e)
+        self.log.info("Saved %s/%s to %s@%s (%s)", user.name, spawner.name, launched.project,
+                      result.branch, result.commit)
+        self.finish(result.public())
+
+    def _delete_token(self, token: str) -> None:
+        found = orm.APIToken.find(self.db, token)
+        if found is not None:
+            self.db.delete(found)
+            self.db.commit()
+
+    async def _launched(self, user, spawner) -> Launched:
+        job_id = getattr(spawner, "job_id", None)
+        try:
+            job = await self.store.get(job_id) if job_id else None
+        except (JobNotFound, ValueError):
+            job = None
+        # the record is the hub's own (signed for the runners); still, it must be this
+        # server's before its project is written to
+        if not job or job.get("user") != user.name or job.get("server_name") != spawner.name:
+            raise SaveError("Booklab no longer knows what this server was launched from", 409)
+        if not (job.get("project_id") or "").isdigit() or len(job.get("sha") or "") != 40:
+            raise SaveError("Booklab no longer knows what this server was launched from", 409)
+        return Launched(job["project"], job["project_id"], job["sha"])
+
+    async def _gitlab_token(self, user) -> str:
+        fresh = getattr(self.authenticator, "fresh_token", None)
+        if fresh is not None:  # None from it: the refresh failed, the old token is no use
+            token = await fresh(user)
+        else:
+            token = (await user.get_auth_state() or {}).get("access_token")
+        if not token:
+            raise GitLabError("Booklab has no GitLab token for you: log out and log in again",
+                              401)
+        return token
+
+
+__all__ = ["SaveAPIHandler", "gitlab_status"]
