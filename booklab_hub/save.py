@@ -168,12 +168,14 @@ class ServerFiles:
         chunks: list[bytes] = []
         size = 0
 
+        too_big = SaveError(f"{json.dumps(path[:80] or '/')} on the server is larger than "
+                            f"the save limit ({self.limits.file_size} bytes)", 413)
+
         def collect(chunk: bytes) -> None:
             nonlocal size
             size += len(chunk)
             if size > cap:
-                raise SaveError(f"{json.dumps(path or '/')} on the server is larger than the "
-                                f"save limit ({cap} bytes)", 413)
+                raise too_big  # tornado drops the connection: nothing more is read
             chunks.append(chunk)
 
         url = f"{self.base}/{quote(path)}?{query}"
@@ -183,9 +185,13 @@ class ServerFiles:
         try:
             await AsyncHTTPClient().fetch(req)
         except HTTPClientError as e:
+            if size > cap:
+                raise too_big from None
             raise SaveError(f"The server answered {e.code} for {json.dumps(path or '/')}",
                             502) from None
         except OSError:
+            if size > cap:
+                raise too_big from None
             raise SaveError("The server did not answer: is it running?", 502) from None
         self.read += size
         try:
