@@ -248,7 +248,8 @@ class ServerFiles:
         if model.get("format") != "base64" or not isinstance(raw, str):
             raise SaveError(f"The server did not send {json.dumps(path[:80])} as a file", 502)
         try:
-            data = base64.b64decode(raw, validate=True)
+            # Jupyter sends base64 in lines of 76 (base64.encodebytes)
+            data = base64.b64decode("".join(raw.split()), validate=True)
         except ValueError:
             raise SaveError(f"The server sent {json.dumps(path[:80])} badly encoded",
                             502) from None

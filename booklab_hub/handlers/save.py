@@ -1,7 +1,9 @@
 """Save to GitLab: ``GET /hub/booklab/api/save/<server>`` previews the files changed since
 the launch, ``POST`` (JSON ``{"branch": ..., "message": ...}``) commits them.
 
-Only the server's owner may save it, admins included: the commit is made with the
+A request needs JupyterHub's ``servers`` scope on that server (a browser session and
+a user's ordinary API token have it; the notebook's own token does not). Only the
+server's owner may save it, admins included: the commit is made with the
 owner's GitLab token, so an admin saving someone else's server would push in their
 name. Another person's server answers 404, as one that does not exist.
 """
@@ -33,6 +35,10 @@ NO_SERVER = "You have no running server with that name"
 
 
 class SaveAPIHandler(JSONHandler):
+    # a REST endpoint: API tokens too (then JupyterHub skips the XSRF check, which
+    # cookie-authenticated POSTs pass as every page's form does)
+    _accept_token_auth = True
+
     def initialize(self, booklab, saver: BooklabSaver) -> None:
         super().initialize(booklab)
         self.saver = saver
@@ -56,6 +62,11 @@ class SaveAPIHandler(JSONHandler):
         spawner = user.spawners.get(name)  # dict.get: never makes a new spawner
         if spawner is None or not spawner.ready or spawner.server is None:
             raise web.HTTPError(404, NO_SERVER)
+        # saving is managing the server (JupyterHub's `servers` scope): the notebook's own
+        # token (access:servers only) must not push its user's files to GitLab
+        if not self.get_scope_filter("servers")(spawner.orm_spawner, kind="server"):
+            raise web.HTTPError(403, "This token may not save servers: it needs the "
+                                     "'servers' scope")
         return user, spawner
 
     async def _run(self, user, spawner, body: dict | None) -> None:
