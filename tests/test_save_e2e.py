@@ -134,6 +134,14 @@ def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo
     assert {b: gl.head("demo/hello", b) for b in heads} == heads
     container.exec_run(["sh", "-c", "rm -f \"$(printf 'bad\\001name')\""])
 
+    # the notebook's own token (code in the container holds it) may not save
+    code, out = container.exec_run(["printenv", "JUPYTERHUB_API_TOKEN"])
+    assert code == 0 and out.strip()
+    r = save(hub, out.decode().strip(), branch="from-inside")
+    assert r.status_code == 403, r.text
+    assert "needs the 'servers' scope" in r.json()["error"]
+    assert gl.head("demo/hello", "from-inside") is None
+
     # bob cannot save (or even see) alice's server
     hub.login("bob", "bob-pw")
     bob = hub.user_token("bob")
