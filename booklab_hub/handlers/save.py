@@ -28,36 +28,20 @@ from ..save import (
     default_branch,
 )
 from ..save_gitlab import SaveGitLab
-from .base import gitlab_status
+from .base import BooklabHandler, gitlab_status
 from .picker import JSONHandler
 
 NO_SERVER = "You have no running server with that name"
 
 
-class SaveAPIHandler(JSONHandler):
-    # a REST endpoint: API tokens too (then JupyterHub skips the XSRF check, which
-    # cookie-authenticated POSTs pass as every page's form does)
-    _accept_token_auth = True
+class SaveMixin:
+    """What the save API and page share: whose server, the launch, one run."""
 
     def initialize(self, booklab, saver: BooklabSaver) -> None:
         super().initialize(booklab)
         self.saver = saver
 
-    async def get(self, name: str) -> None:
-        user, spawner = self._own_server(name)
-        await self._run(user, spawner, None)
-
-    async def post(self, name: str) -> None:
-        user, spawner = self._own_server(name)
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "The body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "The body must be a JSON object")
-        await self._run(user, spawner, body)
-
-    def _own_server(self, name: str):
+    def own_server(self, name: str):
         user = self.current_user
         spawner = user.spawners.get(name)  # dict.get: never makes a new spawner
         if spawner is None or not spawner.ready or spawner.server is None:
@@ -69,40 +53,34 @@ class SaveAPIHandler(JSONHandler):
                                      "'servers' scope")
         return user, spawner
 
-    async def _run(self, user, spawner, body: dict | None) -> None:
+    async def run_save(self, user, spawner, body: dict | None) -> dict:
+        """The preview (``body`` None) or the result of a save, as JSON-ready data;
+        raises ``SaveError`` or ``GitLabError`` with a message for the person."""
+        launched = await self._launched(user, spawner)
+        if body is not None:  # checked before anything is read
+            branch = checked_branch(body.get("branch") or default_branch(user.name,
+                                                                         spawner.name))
+            message = checked_message(body.get("message"), default_message(spawner.name))
+        gitlab = SaveGitLab(self.booklab.gitlab_url, await self._gitlab_token(user))
+        token = user.new_api_token(
+            scopes=[f"access:servers!server={user.name}/{spawner.name}"],
+            expires_in=self.saver.token_lifetime, note="booklab save (deleted after)")
         try:
-            launched = await self._launched(user, spawner)
-            if body is not None:  # checked before anything is read
-                branch = checked_branch(body.get("branch") or default_branch(user.name,
-                                                                             spawner.name))
-                message = checked_message(body.get("message"),
-                                          f"Save from Booklab server {spawner.name}")
-            gitlab = SaveGitLab(self.booklab.gitlab_url, await self._gitlab_token(user))
-            token = user.new_api_token(
-                scopes=[f"access:servers!server={user.name}/{spawner.name}"],
-                expires_in=self.saver.token_lifetime, note="booklab save (deleted after)")
-            try:
-                files = ServerFiles(spawner.server.url, token, self.saver.limits())
-                run = SaveRun(gitlab, files, launched)
-                if body is None:
-                    plan, _, _ = await run.preview()
-                    self.finish({"project": launched.project, "sha": launched.sha,
-                                 "branch": default_branch(user.name, spawner.name),
-                                 "files": [c.public() for c in plan.changes],
-                                 "skipped": plan.skipped})
-                    return
-                result = await run.save(branch, message)
-            finally:
-                self._delete_token(token)
-        except SaveError as e:
-            self.set_status(e.status)
-            self.finish({"error": str(e)})
-            return
-        except GitLabError as e:
-            return self.gitlab_failed(e)
+            run = SaveRun(gitlab, ServerFiles(spawner.server.url, token, self.saver.limits()),
+                          launched)
+            if body is None:
+                plan, _, _ = await run.preview()
+                return {"project": launched.project, "sha": launched.sha,
+                        "branch": default_branch(user.name, spawner.name),
+                        "message": default_message(spawner.name),
+                        "files": [c.public() for c in plan.changes],
+                        "skipped": plan.skipped}
+            result = await run.save(branch, message)
+        finally:
+            self._delete_token(token)
         self.log.info("Saved %s/%s to %s@%s (%s)", user.name, spawner.name, launched.project,
                       result.branch, result.commit)
-        self.finish(result.public())
+        return result.public()
 
     def _delete_token(self, token: str) -> None:
         found = orm.APIToken.find(self.db, token)
@@ -118,10 +96,11 @@ class SaveAPIHandler(JSONHandler):
             job = None
         # the record is the hub's own (signed for the runners); still, it must be this
         # server's before its project is written to
+        lost = SaveError("Booklab no longer knows what this server was launched from", 409)
         if not job or job.get("user") != user.name or job.get("server_name") != spawner.name:
-            raise SaveError("Booklab no longer knows what this server was launched from", 409)
+            raise lost
         if not (job.get("project_id") or "").isdigit() or len(job.get("sha") or "") != 40:
-            raise SaveError("Booklab no longer knows what this server was launched from", 409)
+            raise lost
         return Launched(job["project"], job["project_id"], job["sha"])
 
     async def _gitlab_token(self, user) -> str:
@@ -136,4 +115,63 @@ class SaveAPIHandler(JSONHandler):
         return token
 
 
-__all__ = ["SaveAPIHandler", "gitlab_status"]
+def default_message(server: str) -> str:
+    return f"Save from Booklab server {server}"
+
+
+class SaveAPIHandler(SaveMixin, JSONHandler):
+    # a REST endpoint: API tokens too (then JupyterHub skips the XSRF check, which
+    # cookie-authenticated POSTs pass as every page's form does)
+    _accept_token_auth = True
+
+    async def get(self, name: str) -> None:
+        user, spawner = self.own_server(name)
+        await self._answer(user, spawner, None)
+
+    async def post(self, name: str) -> None:
+        user, spawner = self.own_server(name)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "The body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The body must be a JSON object")
+        await self._answer(user, spawner, body)
+
+    async def _answer(self, user, spawner, body: dict | None) -> None:
+        try:
+            data = await self.run_save(user, spawner, body)
+        except SaveError as e:
+            self.set_status(e.status)
+            return self.finish({"error": str(e)})
+        except GitLabError as e:
+            return self.gitlab_failed(e)
+        self.finish(data)
+
+
+class SavePageHandler(SaveMixin, BooklabHandler):
+    """The "Save to GitLab" page: the changed files to review, branch and message to
+    edit (GET); the save and its links into GitLab (POST, with the hub's _xsrf)."""
+
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        user, spawner = self.own_server(name)
+        await self._page(user, spawner, None)
+
+    @web.authenticated
+    async def post(self, name: str) -> None:
+        user, spawner = self.own_server(name)
+        body = {"branch": self.get_body_argument("branch", "").strip(),
+                "message": self.get_body_argument("message", "").strip()}
+        await self._page(user, spawner, body)
+
+    async def _page(self, user, spawner, body: dict | None) -> None:
+        preview = result = error = None
+        try:
+            data = await self.run_save(user, spawner, body)
+            preview, result = (data, None) if body is None else (None, data)
+        except (SaveError, GitLabError) as e:
+            error = str(e)
+            self.set_status(e.status if isinstance(e, SaveError) else gitlab_status(e))
+        await self.render_page("save.html", server=spawner.name, preview=preview,
+                               result=result, error=error, asked=body or {})
