@@ -5,7 +5,9 @@ user's own GitLab token. The double's repository must hold exactly the changed f
 from __future__ import annotations
 
 import base64
+import io
 import json
+import zipfile
 
 import pytest
 import requests
@@ -165,3 +167,17 @@ def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo
     assert gl.head("demo/hello", "as-reporter") is None
     after = {t["id"] for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"]}
     assert after == tokens_before  # deleted after a refused save too
+
+    # she can still download her changes, as a zip
+    r = requests.get(hub.url + SAVE.replace("/api/save/", "/save/") + "/changes.zip",
+                     headers={"Authorization": f"token {token}"}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert sorted(zf.namelist()) == ["DELETED.txt", "data/logo.png", "hello.ipynb",
+                                         "notes.md"]
+        assert zf.read("data/logo.png") == PNG and zf.read("notes.md") == b"mine\n"
+        assert zf.read("DELETED.txt") == b"README.md\n"
+    r = requests.get(hub.url + "/hub/booklab/save/hello/changes.zip",
+                     headers={"Authorization": f"token {bob}"}, timeout=60)
+    assert r.status_code == 404

@@ -19,7 +19,7 @@ from .buildlog import BuildEventsHandler, BuildPageHandler, JobEventsHandler, Jo
 from .gitproxy import GitProxyHandler, runner_token_of
 from .launch import LaunchFormHandler, LaunchLinkHandler
 from .picker import BadgeHandler, PickerHandler, ProjectsAPIHandler, RefsAPIHandler, StopHandler
-from .save import SaveAPIHandler, SavePageHandler
+from .save import SaveAPIHandler, SaveArchiveHandler, SavePageHandler
 
 _JOB = r"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
 _SERVER = r"([a-z][a-z0-9-]{0,29})"
@@ -38,6 +38,7 @@ def handlers_for(app) -> list[tuple]:
         (rf"{p}/stop", StopHandler, kw),
         (rf"{p}/api/save/{_SERVER}", SaveAPIHandler, save_kw),
         (rf"{p}/save/{_SERVER}", SavePageHandler, save_kw),
+        (rf"{p}/save/{_SERVER}/changes.zip", SaveArchiveHandler, save_kw),
         (rf"{p}/v2/gl/([^/]+)/(.+)", LaunchLinkHandler, kw),
         (rf"{p}/badge.svg", BadgeHandler),
         (rf"{p}/build/([^/]+)/{_SERVER}", BuildPageHandler, kw),

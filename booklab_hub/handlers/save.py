@@ -10,7 +10,9 @@ name. Another person's server answers 404, as one that does not exist.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 from jupyterhub import orm
 from tornado import web
@@ -20,6 +22,7 @@ from booklab_spawner.exceptions import GitLabError, JobNotFound
 from ..save import (
     BooklabSaver,
     Launched,
+    Plan,
     SaveError,
     SaveRun,
     ServerFiles,
@@ -53,6 +56,25 @@ class SaveMixin:
                                      "'servers' scope")
         return user, spawner
 
+    async def archive(self, user, spawner) -> bytes:
+        """The files changed since the launch as a zip (created and updated files, and
+        ``DELETED.txt`` naming the deleted ones): for people who cannot push."""
+        launched = await self._launched(user, spawner)
+        gitlab = SaveGitLab(self.booklab.gitlab_url, await self._gitlab_token(user))
+        token = self._server_token(user, spawner)
+        try:
+            run = SaveRun(gitlab, ServerFiles(spawner.server.url, token, self.saver.limits()),
+                          launched)
+            plan, _, _ = await run.preview()
+        finally:
+            self._delete_token(token)
+        return zipped(plan)
+
+    def _server_token(self, user, spawner) -> str:
+        return user.new_api_token(
+            scopes=[f"access:servers!server={user.name}/{spawner.name}"],
+            expires_in=self.saver.token_lifetime, note="booklab save (deleted after)")
+
     async def run_save(self, user, spawner, body: dict | None) -> dict:
         """The preview (``body`` None) or the result of a save, as JSON-ready data;
         raises ``SaveError`` or ``GitLabError`` with a message for the person."""
@@ -62,9 +84,7 @@ class SaveMixin:
                                                                          spawner.name))
             message = checked_message(body.get("message"), default_message(spawner.name))
         gitlab = SaveGitLab(self.booklab.gitlab_url, await self._gitlab_token(user))
-        token = user.new_api_token(
-            scopes=[f"access:servers!server={user.name}/{spawner.name}"],
-            expires_in=self.saver.token_lifetime, note="booklab save (deleted after)")
+        token = self._server_token(user, spawner)
         try:
             run = SaveRun(gitlab, ServerFiles(spawner.server.url, token, self.saver.limits()),
                           launched)
@@ -115,6 +135,18 @@ class SaveMixin:
         return token
 
 
+def zipped(plan: Plan) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for change in plan.changes:
+            if change.data is not None:
+                zf.writestr(change.path, change.data)
+        deleted = [c.path for c in plan.changes if c.action == "delete"]
+        if deleted:
+            zf.writestr("DELETED.txt", "".join(f"{p}\n" for p in deleted))
+    return buf.getvalue()
+
+
 def default_message(server: str) -> str:
     return f"Save from Booklab server {server}"
 
@@ -146,6 +178,26 @@ class SaveAPIHandler(SaveMixin, JSONHandler):
             return self.finish({"error": str(e)})
         except GitLabError as e:
             return self.gitlab_failed(e)
+        self.finish(data)
+
+
+class SaveArchiveHandler(SaveMixin, BooklabHandler):
+    """GET: the changes as ``<server>-changes.zip`` (also when GitLab refuses a push)."""
+
+    _accept_token_auth = True
+
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        user, spawner = self.own_server(name)
+        try:
+            data = await self.archive(user, spawner)
+        except (SaveError, GitLabError) as e:
+            self.set_status(e.status if isinstance(e, SaveError) else gitlab_status(e))
+            self.set_header("Content-Type", "application/json")
+            return self.finish(json.dumps({"error": str(e)}))
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="{spawner.name}-changes.zip"')
         self.finish(data)
 
 
