@@ -365,11 +365,21 @@ class SaveRun:
         if not plan.changes:
             return SaveResult(branch, "", None, None, [], False, False,
                               "Nothing changed since the launch: nothing to save")
-        pid = self.launched.project_id
-        head = await self.gitlab.branch(pid, branch)
+        head = await self.gitlab.branch(self.launched.project_id, branch)
         if head is None:
-            return await self._commit(branch, message, plan, start_sha=self.launched.sha,
-                                      new=True)
+            try:
+                return await self._commit(branch, message, plan,
+                                          start_sha=self.launched.sha, new=True)
+            except GitLabError as e:
+                head = await self.gitlab.branch(self.launched.project_id, branch)
+                if e.status != 400 or head is None:
+                    raise
+                # made meanwhile (another save, a push): as for a branch that moved
+        return await self._onto(branch, message, plan, server, launched_tree, head)
+
+    async def _onto(self, branch: str, message: str, plan: Plan, server: dict[str, bytes],
+                    launched_tree: Tree, head: dict) -> SaveResult:
+        pid = self.launched.project_id
         head_sha = head["commit"]["id"]
         if head_sha != self.launched.sha:
             on_top = rebase(server, launched_tree, await self.gitlab.tree(pid, head_sha))

@@ -47,7 +47,7 @@ def container_of(docker_client, runner):
 
 def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo_gitlab):
     gl = demo_gitlab
-    gl.add_user("rita", password="rita-pw", name="Rita")
+    gl.add_user("admin", password="admin-pw", name="Admin")  # a hub admin (hub.admin_users)
     hub.login("alice", "alice-pw")
     token = hub.user_token("alice")
     r = hub.api("POST", "/users/alice/servers/hello", token=token,
@@ -152,6 +152,14 @@ def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo
     r = requests.post(hub.url + "/hub/booklab/api/save/../alice/hello",
                       headers={"Authorization": f"token {bob}"}, json={}, timeout=30)
     assert r.status_code in (403, 404)
+    assert {b: gl.head("demo/hello", b) for b in heads} == heads
+
+    # nor can an admin: the commit would be made with alice's GitLab token
+    hub.login("admin", "admin-pw")
+    admin = hub.user_token("admin")
+    assert hub.api("GET", "/users/alice", token=admin).status_code == 200  # an admin indeed
+    assert save(hub, admin).status_code == 404
+    assert preview(hub, admin).status_code == 404
     assert {b: gl.head("demo/hello", b) for b in heads} == heads
 
     # a hostile branch name is refused before anything is read or written
