@@ -3,6 +3,7 @@ files, edit branch and message, save, and follow the link to the commit."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,6 +14,25 @@ from tests.conftest_hub import wait_ready
 from tests.conftest_pages import browser_login, save_screenshot
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+LAB_TIMEOUT = 300_000  # ms
+
+
+def edit_in_jupyterlab(page, hub) -> None:
+    """Open hello.ipynb in JupyterLab, add a line to its markdown cell, save with Ctrl+S."""
+    page.goto(hub.url + "/user/alice/hello/lab/tree/hello.ipynb")
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    expect(cell).to_be_visible(timeout=LAB_TIMEOUT)
+    dialog = page.locator(".jp-Dialog")
+    page.wait_for_timeout(1500)  # the kernel dialog, if any, comes after the notebook
+    if dialog.count():
+        dialog.locator(".jp-Dialog-button.jp-mod-reject, .jp-Dialog-button").first.click()
+    cell.click()
+    page.keyboard.press("Enter")  # edit mode
+    page.keyboard.press("Control+End")
+    page.keyboard.type("\n\nEdited in JupyterLab")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    expect(page.locator(".jp-mod-dirty")).to_have_count(0, timeout=30_000)
 
 
 def test_review_edit_and_save_from_the_page(pages_hub, pages_runner, browser_page):
@@ -28,22 +48,28 @@ def test_review_edit_and_save_from_the_page(pages_hub, pages_runner, browser_pag
                      json={"type": "file", "format": "text", "content": "42\n"}, timeout=30)
     assert r.status_code == 201, r.text
 
+    edit_in_jupyterlab(page, hub)
+
     page.goto(hub.url + "/hub/booklab/")
     row = page.locator("#running-servers tr[data-server=hello]")
     row.get_by_role("link", name="Save to GitLab").click()
     page.wait_for_url(re.compile(r"/hub/booklab/save/hello$"))
-    expect(page.locator("#changed-files tbody tr")).to_have_count(1)
+    expect(page.locator("#changed-files tbody tr")).to_have_count(2)
     expect(page.locator("#changed-files tr[data-path='results.md']")).to_contain_text("create")
+    expect(page.locator("#changed-files tr[data-path='hello.ipynb']")).to_contain_text("update")
     expect(page.locator("#save-branch")).to_have_value("booklab/alice/hello")
     page.fill("#save-branch", "alice/results")
     page.fill("#save-message", "Results of <today>")
     save_screenshot(page, "save.png")
     page.click("#save-submit")
 
-    expect(page.locator("#save-result")).to_contain_text("Saved 1 file(s) to new branch "
+    expect(page.locator("#save-result")).to_contain_text("Saved 2 file(s) to new branch "
                                                          "alice/results")
     sha = gl.head("demo/hello", "alice/results")
-    assert sha and gl.changed_paths("demo/hello", sha) == [("A", "results.md")]
+    assert sha and gl.changed_paths("demo/hello", sha) == [("M", "hello.ipynb"),
+                                                           ("A", "results.md")]
+    saved = json.loads(gl.files_at("demo/hello", sha)["hello.ipynb"])  # valid JSON
+    assert "Edited in JupyterLab" in "".join(saved["cells"][0]["source"])
     expect(page.locator("#save-commit-link")).to_have_attribute(
         "href", f"{gl.url}/demo/hello/-/commit/{sha}")
     expect(page.locator("#save-branch-link")).to_have_attribute(
