@@ -136,10 +136,16 @@ def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo
     assert {b: gl.head("demo/hello", b) for b in heads} == heads
     container.exec_run(["sh", "-c", "rm -f \"$(printf 'bad\\001name')\""])
 
-    # the notebook's own token (code in the container holds it) may not save
-    code, out = container.exec_run(["printenv", "JUPYTERHUB_API_TOKEN"])
-    assert code == 0 and out.strip()
-    r = save(hub, out.decode().strip(), branch="from-inside")
+    # a token with the notebook's own scopes (code in the container holds one) may not
+    # save: it can reach the server, not manage it
+    r = hub.api("POST", "/users/alice/tokens", json={
+        "note": "like the notebook's", "expires_in": 600,
+        "scopes": ["access:servers!server=alice/hello", "users:activity!user=alice"]})
+    assert r.status_code == 201, r.text
+    inside = r.json()["token"]
+    assert requests.get(hub.proxied("/user/alice/hello/api/contents"), timeout=30,
+                        headers={"Authorization": f"token {inside}"}).status_code == 200
+    r = save(hub, inside, branch="from-inside")
     assert r.status_code == 403, r.text
     assert "needs the 'servers' scope" in r.json()["error"]
     assert gl.head("demo/hello", "from-inside") is None
@@ -173,7 +179,8 @@ def test_save_commits_exactly_the_changed_files(hub, runner, docker_client, demo
     assert "GitLab refused the save" in r.json()["error"]
     assert "You are not allowed to push into this branch" in r.json()["error"]
     assert gl.head("demo/hello", "as-reporter") is None
-    after = {t["id"] for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"]}
+    after = {t["id"] for t in hub.api("GET", "/users/alice/tokens").json()["api_tokens"]
+             if t.get("note") != "like the notebook's"}
     assert after == tokens_before  # deleted after a refused save too
 
     # she can still download her changes, as a zip
