@@ -53,6 +53,14 @@ class UnsafePath(SaveError):
     pass
 
 
+class ServerRefused(SaveError):
+    """The notebook server answered an HTTP error; ``code`` is its status."""
+
+    def __init__(self, message: str, code: int):
+        self.code = code
+        super().__init__(message, 502)
+
+
 class BooklabSaver(LoggingConfigurable):
     """Limits of "Save to GitLab" (config.yml ``save.*``)."""
 
@@ -187,8 +195,8 @@ class ServerFiles:
         except HTTPClientError as e:
             if size > cap:
                 raise too_big from None
-            raise SaveError(f"The server answered {e.code} for {json.dumps(path or '/')}",
-                            502) from None
+            raise ServerRefused(f"The server answered {e.code} for "
+                                f"{json.dumps(path[:80] or '/')}", e.code) from None
         except OSError:
             if size > cap:
                 raise too_big from None
@@ -257,6 +265,17 @@ class ServerFiles:
             raise SaveError(f"{json.dumps(path[:80])} is larger than the save limit "
                             f"({self.limits.file_size} bytes)", 413)
         return data
+
+    async def exists(self, path: str) -> bool:
+        """Whether the server has ``path`` even if its listing left it out (Jupyter's
+        ``hide_globs``: ``*.pyc``, ``__pycache__``, ``*~``, ...): 404 means gone."""
+        try:
+            await self._get(path, "content=0", 64 * 1024)
+        except ServerRefused as e:
+            if e.code == 404:
+                return False
+            raise
+        return True
 
     def _too_much(self) -> SaveError:
         return SaveError(f"The server's files are larger than the save limit "
@@ -333,6 +352,19 @@ def actions(plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
+async def confirm_deletions(files: ServerFiles, plan: Plan) -> Plan:
+    """Keep a deletion only if the server says the file is gone: a file its listing
+    hides is left alone (and named in ``skipped``), never deleted from git."""
+    kept = []
+    for change in plan.changes:
+        if change.action == "delete" and await files.exists(change.path):
+            plan.skipped.append(change.path)
+            continue
+        kept.append(change)
+    plan.changes = kept
+    return plan
+
+
 # -- one save ----------------------------------------------------------------------
 @dataclass
 class SaveResult:
@@ -358,7 +390,10 @@ class SaveRun:
     async def preview(self) -> tuple[Plan, dict[str, bytes], Tree]:
         server = await server_snapshot(self.files)
         tree = await self.gitlab.tree(self.launched.project_id, self.launched.sha)
-        return diff(server, tree), server, tree
+        plan = await confirm_deletions(self.files, diff(server, tree))
+        # files the listing hid stay out of the save, also on a branch that moved
+        unlisted = {p for p in plan.skipped if p not in server}
+        return plan, server, {p: v for p, v in tree.items() if p not in unlisted}
 
     async def save(self, branch: str, message: str) -> SaveResult:
         plan, server, launched_tree = await self.preview()

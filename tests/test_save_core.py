@@ -22,6 +22,7 @@ from booklab_hub.save import (
     blob_sha,
     checked_branch,
     checked_path,
+    confirm_deletions,
     diff,
     rebase,
     server_snapshot,
@@ -186,3 +187,18 @@ def test_a_notebook_that_is_not_json_is_refused(lying_server):
     answers["n.ipynb"] = file_model(b"{no")
     with pytest.raises(SaveError, match="not valid notebook JSON"):
         snapshot(url)
+
+
+def test_a_file_the_listing_hides_is_not_deleted(lying_server):
+    """Jupyter's hide_globs (*.pyc, __pycache__, *~) leave files out of listings that a
+    direct GET still finds: such a file in git must not become a deletion."""
+    url, answers = lying_server
+    answers[""] = listing(("a.txt", "file", 1))
+    answers["a.txt"] = file_model(b"a")
+    answers["cache.pyc"] = {"type": "file", "content": None}  # GET finds it
+    files = ServerFiles(url, "tok", LIMITS)
+    server = asyncio.run(server_snapshot(files))
+    launched = tree(**{"a.txt": b"a", "cache.pyc": b"\x00", "gone.txt": b"g"})
+    plan = asyncio.run(confirm_deletions(files, diff(server, launched)))
+    assert [(c.action, c.path) for c in plan.changes] == [("delete", "gone.txt")]
+    assert plan.skipped == ["cache.pyc"]
