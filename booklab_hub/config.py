@@ -255,6 +255,21 @@ SETTINGS: list[Setting] = [
     Setting("runners.cpu_limit", float, 0.0, "CPU limit per notebook, e.g. 1.5 (0: the runner's "
             "--default-cpu-limit, 1.0 unless its operator says otherwise).",
             check=_non_negative),
+    Setting("save.max_file_size", int, 10 * 1024 ** 2, "Largest file (bytes) 'Save to "
+            "GitLab' reads from a server and commits; a larger one stops the save with a "
+            "message naming it.", check=_positive),
+    Setting("save.max_total_size", int, 50 * 1024 ** 2, "Most bytes one save reads from a "
+            "server in all.", check=_positive),
+    Setting("save.autosave", bool, False, "Autosave at stop: before a running server "
+            "stops (by its user, the idle culler or an admin), commit its changes to "
+            "booklab/<user>/<server>-autosave with the user's GitLab token, as 'Save to "
+            "GitLab' does. A server started with the option autosave=false is left out."),
+    Setting("save.autosave_timeout", int, 120, "Seconds a stop waits for the autosave; "
+            "a failed or late autosave is written to the job's log and the stop goes on.",
+            check=_positive),
+    Setting("save.max_files", int, 2000, "Most files and folders one save lists on a "
+            "server; a server with more cannot be saved (nothing is committed).",
+            check=_positive),
 ]
 
 
@@ -434,6 +449,13 @@ def apply(c: Any, s: dict[str, Any]) -> None:
         sp.mem_limit = s["runners.mem_limit"]
     if s["runners.cpu_limit"]:
         sp.cpu_limit = s["runners.cpu_limit"]
+    for name in ("max_file_size", "max_total_size", "max_files"):
+        setattr(c.BooklabSaver, name, s[f"save.{name}"])
+    if s["save.autosave"]:
+        from .autosave import autosave
+
+        sp.autosave_hook = autosave
+        sp.autosave_timeout = s["save.autosave_timeout"]
     _apply_proxy(c, s)
 
 

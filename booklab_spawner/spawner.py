@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from jupyterhub.spawner import Spawner
+from traitlets import Any as AnyTrait
 from traitlets import Bool, Float, Integer, Unicode, default, validate
 
 from . import deploykeys
@@ -204,6 +205,13 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         help="Seconds stop() waits for the runner to confirm the container is gone.",
     )
 
+    autosave_hook = AnyTrait(None, allow_none=True, config=True, help="""A coroutine function
+        ``hook(spawner)`` awaited before a running server is stopped: Booklab's autosave
+        (``booklab_hub.autosave.autosave``, set when config.yml says ``save.autosave``).
+        The stop waits for it at most ``autosave_timeout`` seconds; its failure is logged
+        and written to the job's log, and the stop goes on.""")
+    autosave_timeout = Float(120, config=True, help="""Seconds a stop waits for the
+        autosave of the server's changes.""")
     job_id = Unicode(allow_none=True, default_value=None)
 
     @default("start_timeout")
@@ -499,9 +507,24 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         if not self.job_id:
             return
         job = await self.store.find(self.job_id)
+        if job.get("state") == RUNNING and self.autosave_hook is not None:
+            await self._autosave(self.job_id)
         if job.get("state") not in (None, *TERMINAL):
             await self._stop_job(self.job_id)
         await self._release_deploy_key(job)
+
+    async def _autosave(self, job_id: str) -> None:
+        """The operator's autosave before the container goes; never blocks the stop
+        beyond ``autosave_timeout``, and says so in the job's log when it failed."""
+        try:
+            message = await asyncio.wait_for(self.autosave_hook(self), self.autosave_timeout)
+        except asyncio.TimeoutError:
+            message = f"Autosave FAILED: not done within {self.autosave_timeout:.0f} s"
+        except Exception as e:  # the stop must go on; the reason goes to the log
+            self.log.warning("Autosave of %s failed: %s", self._log_name, e)
+            message = f"Autosave FAILED: {e}"
+        if message:
+            await self.store.log(job_id, str(message)[:500], phase="stop")
 
     async def _stop_job(self, job_id: str) -> None:
         """Stop the job wherever it is (see JobStore.request_stop) and wait until its

@@ -99,6 +99,20 @@ ROWS = [
     Row("stop-no-xsrf", "POST", "/hub/booklab/stop", {ANON: 403, ALICE: 403, BOB: 403,
                                                       ADMIN: 403},
         form={"name": "{dev}"}, xsrf=False, needs=("main", "dev")),
+    # Save to GitLab: the owner's ready servers only (alice's here are still starting:
+    # 404 for her too; tests/test_save_e2e.py saves a running one), never another's
+    Row("save-preview", "GET", "/hub/booklab/api/save/{main}",
+        {ANON: 403, ALICE: 404, BOB: 404, ADMIN: 404}),
+    Row("save-api", "POST", "/hub/booklab/api/save/{main}",
+        {ANON: 403, ALICE: 404, BOB: 404, ADMIN: 404}, form={"branch": "x"}),
+    Row("save-page", "GET", "/hub/booklab/save/{main}",
+        {ANON: LOGIN, ALICE: 404, BOB: 404, ADMIN: 404}),
+    Row("save-page-post", "POST", "/hub/booklab/save/{main}",
+        {ANON: 403, ALICE: 404, BOB: 404, ADMIN: 404}, form={"branch": "x"}),
+    Row("save-page-no-xsrf", "POST", "/hub/booklab/save/{main}", {a: 403 for a in ACTORS},
+        form={"branch": "x"}, xsrf=False),
+    Row("save-zip", "GET", "/hub/booklab/save/{main}/changes.zip",
+        {ANON: LOGIN, ALICE: 404, BOB: 404, ADMIN: 404}),
     # the runners' git proxy takes only a job's fetch grant, never a login cookie
     Row("git-proxy-refs", "GET", "/hub/booklab/git/{main_job}/info/refs?service=git-upload-pack",
         {a: 403 for a in ACTORS}),

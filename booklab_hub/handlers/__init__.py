@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from tornado import web
 
+from ..save import BooklabSaver
 from .admin import AdminHandler, CancelJobHandler
 from .base import PREFIX, STATIC_DIR, PageSettings
 from .buildlog import BuildEventsHandler, BuildPageHandler, JobEventsHandler, JobPageHandler
 from .gitproxy import GitProxyHandler, runner_token_of
 from .launch import LaunchFormHandler, LaunchLinkHandler
 from .picker import BadgeHandler, PickerHandler, ProjectsAPIHandler, RefsAPIHandler, StopHandler
+from .save import SaveAPIHandler, SaveArchiveHandler, SavePageHandler
 
 _JOB = r"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
 _SERVER = r"([a-z][a-z0-9-]{0,29})"
@@ -26,6 +28,7 @@ _SERVER = r"([a-z][a-z0-9-]{0,29})"
 def handlers_for(app) -> list[tuple]:
     """Handlers to mount under the hub's base URL."""
     kw = {"booklab": PageSettings.from_app(app)}
+    save_kw = {**kw, "saver": BooklabSaver(config=app.config)}
     p = PREFIX
     return [
         (rf"{p}/?", PickerHandler, kw),
@@ -33,6 +36,9 @@ def handlers_for(app) -> list[tuple]:
         (rf"{p}/api/refs", RefsAPIHandler, kw),
         (rf"{p}/launch", LaunchFormHandler, kw),
         (rf"{p}/stop", StopHandler, kw),
+        (rf"{p}/api/save/{_SERVER}", SaveAPIHandler, save_kw),
+        (rf"{p}/save/{_SERVER}", SavePageHandler, save_kw),
+        (rf"{p}/save/{_SERVER}/changes.zip", SaveArchiveHandler, save_kw),
         (rf"{p}/v2/gl/([^/]+)/(.+)", LaunchLinkHandler, kw),
         (rf"{p}/badge.svg", BadgeHandler),
         (rf"{p}/build/([^/]+)/{_SERVER}", BuildPageHandler, kw),

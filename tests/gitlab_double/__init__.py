@@ -54,6 +54,7 @@ branch; `tags` maps a tag name to the ref it points at.
 """
 
 from .double import GitLabDouble
-from .store import DEVELOPER, GUEST, MAINTAINER, OWNER, REPORTER, NotFound
+from .store import DEVELOPER, GUEST, MAINTAINER, NO_ONE, OWNER, REPORTER, NotFound
 
-__all__ = ["GitLabDouble", "NotFound", "GUEST", "REPORTER", "DEVELOPER", "MAINTAINER", "OWNER"]
+__all__ = ["GitLabDouble", "NotFound", "GUEST", "REPORTER", "DEVELOPER", "MAINTAINER", "OWNER",
+           "NO_ONE"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import entities, gitrepo, sshkeys
 from .gitrepo import Ref
-from .store import DEVELOPER, MAINTAINER, DeployKey, Project, User
+from .store import MAINTAINER, DeployKey, Project, User
 from .web import ApiError, ApiHandler, message, not_found
 
 
@@ -39,7 +39,7 @@ class RepoHandler(ApiHandler):
             is_default = b.name == project.default_branch
             result.append(entities.branch(
                 self.store, project, b, merged=b.name in merged and not is_default,
-                can_push=access >= MAINTAINER or (access >= DEVELOPER and not is_default)))
+                can_push=access >= self.store.push_level(project, b.name)))
         return result
 
 

@@ -12,7 +12,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from . import api, api_repo, git_http, oauth
+from . import api, api_commits, api_repo, git_http, oauth
 from .store import Store
 from .web import NotFoundHandler
 
@@ -31,7 +31,9 @@ def make_app(store: Store, requests_log: RequestLog, timings: Timings | None = N
             answered = time.time()
             timings.append((method, path, answered - handler.request.request_time(), answered))
 
-    handlers = [*oauth.HANDLERS, *api.HANDLERS, *api_repo.HANDLERS, *git_http.HANDLERS]
+    # api_commits first: its branches handler also answers api_repo's GET
+    handlers = [*oauth.HANDLERS, *api.HANDLERS, *api_commits.HANDLERS, *api_repo.HANDLERS,
+                *git_http.HANDLERS]
     return Application(handlers, store=store, default_handler_class=NotFoundHandler,
                        log_function=log_request, xsrf_cookies=False)
 

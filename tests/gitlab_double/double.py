@@ -17,6 +17,7 @@ from .oauth import token_response
 from .store import (
     ACCESS_LEVELS,
     KNOWN_SCOPES,
+    MAINTAINER,
     SHARE_LEVELS,
     VISIBILITIES,
     Group,
@@ -211,6 +212,37 @@ class GitLabDouble:
         sha = gitrepo.commit_files(project.repo_dir, branch, files, message, base)
         project.last_activity_at = utcnow()
         return sha
+
+    def protect_branch(self, path: str, branch: str, push_access_level: int = MAINTAINER
+                       ) -> None:
+        """Protect ``branch``: a push needs ``push_access_level`` (Maintainer by default;
+        ``NO_ONE``: nobody), as GitLab's ``POST /projects/:id/protected_branches``."""
+        project = self._project(path)
+        with self.store.lock:
+            self.store.protected[(project.id, branch)] = push_access_level
+
+    def head(self, path: str, branch: str) -> str | None:
+        """The commit ``branch`` points to, None if there is no such branch."""
+        return gitrepo.rev_parse(self._project(path).repo_dir, f"refs/heads/{branch}")
+
+    def files_at(self, path: str, ref: str) -> dict[str, bytes]:
+        """Every file of the project's tree at ``ref``, path -> content."""
+        repo = self._project(path).repo_dir
+        listing = gitrepo._git_bytes(repo, "ls-tree", "-r", "-z", ref)
+        files = {}
+        for entry in listing.decode().split("\0"):
+            meta, _, name = entry.partition("\t")
+            if name:
+                files[name] = gitrepo._git_bytes(repo, "cat-file", "blob", meta.split()[2])
+        return files
+
+    def changed_paths(self, path: str, ref: str) -> list[tuple[str, str]]:
+        """(status, path) of what commit ``ref`` changed against its parent (A, M, D)."""
+        repo = self._project(path).repo_dir
+        out = gitrepo._git_bytes(repo, "diff-tree", "--no-commit-id", "--no-renames", "-r",
+                                 "-z", "--name-status", ref).decode()
+        parts = [p for p in out.split("\0") if p]
+        return sorted(zip(parts[0::2], parts[1::2], strict=True), key=lambda sp: sp[1])
 
     def create_tag(self, path: str, name: str, ref: str | None = None,
                    message: str | None = None) -> str:

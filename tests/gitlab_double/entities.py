@@ -138,7 +138,7 @@ def branch(store: Store, p: Project, ref: Ref, *, merged: bool, can_push: bool
            ) -> dict[str, Any]:
     default = ref.name == p.default_branch
     return {
-        "name": ref.name, "merged": merged, "protected": default,
+        "name": ref.name, "merged": merged, "protected": store.is_protected(p, ref.name),
         "developers_can_push": False, "developers_can_merge": False,
         "can_push": can_push, "default": default,
         "web_url": f"{store.base_url}/{p.full_path}/-/tree/{ref.name}",

@@ -61,6 +61,15 @@ def _git(repo: Path, *args: str, data: bytes | None = None,
     return proc.stdout.decode().strip()
 
 
+def _git_bytes(repo: Path, *args: str) -> bytes:
+    """Like ``_git``, for output that is file content (not decoded, not stripped)."""
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env=_env(),
+                          check=False)
+    if proc.returncode != 0:
+        raise GitError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
 def init_bare(repo: Path, default_branch: str) -> None:
     repo.mkdir(parents=True, exist_ok=True)
     _git(repo, "init", "--bare", "--quiet", f"--initial-branch={default_branch}")

@@ -20,6 +20,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
+NO_ONE = 1000  # a protected branch nobody may push to (GitLab's "No one", 0)
 ACCESS_LEVELS = (5, GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER)
 VISIBILITIES = ("private", "internal", "public")
 # what POST /projects/:id/share takes as group_access (GitLab's Access.values: no Owner)
@@ -183,6 +184,10 @@ class Store:
         self.sessions: dict[str, Session] = {}
         # (project id, group id) -> the share of that project with that group
         self.shares: dict[tuple[int, int], Share] = {}
+        # (project id, branch) -> the role a push needs (GitLab's protected branches,
+        # "Allowed to push and merge"); a project's default branch is protected for
+        # Maintainers unless set here; NO_ONE: nobody may push
+        self.protected: dict[tuple[int, str], int] = {}
 
     def next_id(self, kind: str) -> int:
         return next(self._ids[kind])
@@ -258,6 +263,16 @@ class Store:
         owner = OWNER if project.owner_id == user.id else 0
         return max(direct, owner, self.group_access_for_project(user, project),
                    self.share_access(user, project))
+
+    def push_level(self, project: Project, branch: str) -> int:
+        """The role a push to ``branch`` needs: Developer, or the protection's level."""
+        level = self.protected.get((project.id, branch))
+        if level is None:
+            level = MAINTAINER if branch == project.default_branch else DEVELOPER
+        return level
+
+    def is_protected(self, project: Project, branch: str) -> bool:
+        return (project.id, branch) in self.protected or branch == project.default_branch
 
     def project_shares(self, project: Project) -> list[Share]:
         return sorted((s for s in list(self.shares.values()) if s.project_id == project.id),

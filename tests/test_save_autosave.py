@@ -1,0 +1,75 @@
+"""Autosave at stop (save.autosave on), on the real stack: a stop (here by an admin
+through JupyterHub's API, the path the idle culler takes too) commits the server's
+changes to booklab/<user>/<server>-autosave first; relaunching that branch shows them;
+a server started with autosave=false is left out."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.conftest_stack import Hub, running_hub
+from tests.test_e2e import wait_for_server, wait_for_stop
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture
+def hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
+    yield from running_hub(Hub(tmp_path / "hub", demo_gitlab, redis_server.url, runner_token,
+                               overrides={"save": {"autosave": True}}), request)
+
+
+def launch(hub, token, server, ref="main", **options):
+    r = hub.api("POST", f"/users/alice/servers/{server}", token=token,
+                json={"user_options": {"project": "demo/hello", "ref": ref, **options}})
+    assert r.status_code in (201, 202), r.text
+    wait_for_server(hub, "alice", server, token)
+
+
+def put(hub, token, server, path, text):
+    r = requests.put(hub.proxied(f"/user/alice/{server}/api/contents/{path}"),
+                     headers={"Authorization": f"token {token}"},
+                     json={"type": "file", "format": "text", "content": text}, timeout=30)
+    assert r.status_code in (200, 201), r.text
+
+
+def log_lines(hub, job_id):
+    return [f.get("message", "") for _, f in hub.redis().xrange(hub.keys.log(job_id))]
+
+
+def test_stop_autosaves_and_the_autosave_branch_relaunches(hub, runner, demo_gitlab):
+    gl = demo_gitlab
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    launch(hub, token, "hello")
+    put(hub, token, "hello", "hello.ipynb", '{"cells": [], "metadata": {}, "nbformat": 4, '
+                                            '"nbformat_minor": 5, "x": "autosaved"}')
+    job = hub.job_of("alice", "hello")["id"]
+
+    r = hub.api("DELETE", "/users/alice/servers/hello")  # an admin's stop (the service)
+    assert r.status_code in (202, 204), r.text
+    wait_for_stop(hub, "alice", "hello", token)
+
+    sha = gl.head("demo/hello", "booklab/alice/hello-autosave")
+    assert sha, log_lines(hub, job)
+    assert gl.changed_paths("demo/hello", sha) == [("M", "hello.ipynb")]
+    assert any(line.startswith("Autosave: Saved 1 file(s)") for line in log_lines(hub, job))
+    tokens = hub.api("GET", "/users/alice/tokens").json()["api_tokens"]
+    assert not [t for t in tokens if "autosave" in (t.get("note") or "")]
+
+    # the next launch of that branch has the change
+    launch(hub, token, "again", ref="booklab/alice/hello-autosave", autosave=False)
+    r = requests.get(hub.proxied("/user/alice/again/api/contents/hello.ipynb"),
+                     params={"type": "file", "format": "text", "content": "1"},
+                     headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200 and '"x": "autosaved"' in r.json()["content"]
+
+    # opted out: a change and a stop leave the autosave branch as it was
+    put(hub, token, "again", "opted-out.md", "not saved\n")
+    job = hub.job_of("alice", "again")["id"]
+    r = hub.api("DELETE", "/users/alice/servers/again", token=token)  # her own stop
+    assert r.status_code in (202, 204), r.text
+    wait_for_stop(hub, "alice", "again", token)
+    assert gl.head("demo/hello", "booklab/alice/hello-autosave") == sha
+    assert "Autosave: off for this server" in log_lines(hub, job)
