@@ -119,7 +119,7 @@ def test_a_warm_container_that_dies_while_starting_gives_way_to_a_cold_start(
     second = launch(hub, "alice", "b")  # the prestarted one dies; a cold one serves
     log = job_log(hub, second["id"])
     assert PRESTARTED in log
-    assert "The warm notebook container exited while starting" in log, log
+    assert "The warm notebook container did not work (it exited while starting" in log, log
     assert "exited with code 3" in log
     assert second["image"] == first["image"]
     token = hub.user_token("alice")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import jobs as J
 from ..crypto import SecretBox, Signer
-from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
+from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound, LaunchFailed
 from ..runnerconf import RunnerConf
 from ..scrub import Scrubber
 from . import build, fetch, gitsafe, imagekey, tree
@@ -304,9 +304,13 @@ class JobWorker:
                            f"started {age:.0f} s before this launch")
                 await self.say(f"Binding warm notebook container {warm.container_id[:12]} "
                                f"({started}{', server imports done' if warm.ready else ''})")
-                self.container_id, self._url = await pool.bind(warm, job, env, args, content)
-                self._bound_warm = True
-                return
+                try:
+                    self.container_id, self._url = await pool.bind(warm, job, env, args,
+                                                                   content)
+                    self._bound_warm = True
+                    return
+                except LaunchFailed as e:  # it died meanwhile: not the launch's fault
+                    await self._warm_failed(str(e))
         await self._start_cold(job, secrets, conf, content)
 
     async def _start_cold(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
@@ -333,14 +337,20 @@ class JobWorker:
             if not self._bound_warm or self.runner.warm is None:
                 raise
             await self._say_lines(e.exit.last_lines)
-            await self.say(f"The warm notebook container exited while starting ({e}): "
-                           "starting a fresh container instead")
-            self.runner.warm.unwarmable.add(self.image)
-            await launcher.remove(self.container_id, grace=0)
-        self._bound_warm = False
+            await self._warm_failed(f"it exited while starting: {e}")
         await self._start_cold(job, secrets, conf, content)
         await launcher.wait_listening(self.container_id, self._url,
                                       conf.container_start_timeout)
+
+    async def _warm_failed(self, why: str) -> None:
+        """Remove the warm container this job got; the image goes cold on this runner."""
+        await self.say(f"The warm notebook container did not work ({why}): starting a "
+                       "fresh container instead")
+        if self.runner.warm is not None:
+            self.runner.warm.unwarmable.add(self.image)
+        if self.container_id:
+            await self.runner.launcher.remove(self.container_id, grace=0)
+        self.container_id, self._bound_warm = None, False
 
     async def _adopted(self) -> None:
         try:
