@@ -14,6 +14,7 @@ from docker.errors import NotFound
 
 from tests.conftest_hub import wait_until
 from tests.conftest_stack import notebook
+from tests.services import NOTEBOOK_IMAGE
 from tests.test_warm import api, job_log, launch, stop, warm_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -86,3 +87,45 @@ def test_prestart_false_starts_every_launch_cold(make_hub, hb_runner, docker_cli
         assert "Binding warm" not in job_log(hub, job["id"])
         stop(hub, "alice", server)
     assert "prestarted" not in runner.output()
+
+
+# an image whose jupyterhub-singleuser script does what its server needs before
+# main() (a site's wrapper): a warm container, which calls main() itself, dies
+WRAPPED_DOCKERFILE = """\
+FROM {image}
+USER root
+RUN sed -i '2i import os; os.environ["BOOKLAB_T_WRAPPED"] = "1"' \\
+      "$(command -v jupyterhub-singleuser)" \\
+ && mkdir -p /etc/jupyter \\
+ && printf '%s\\n' 'import os, sys' \\
+      'if not os.environ.get("BOOKLAB_T_WRAPPED"): sys.exit(3)' \\
+      > /etc/jupyter/jupyter_server_config.py
+USER 1000
+COPY --chown=1000:1000 . /home/jovyan/
+WORKDIR /home/jovyan
+"""
+
+
+def test_a_warm_container_that_dies_while_starting_gives_way_to_a_cold_start(
+        make_hub, hb_runner, hb_gitlab):
+    hb_gitlab.commit("demo/hello", "main",
+                     {"Dockerfile": WRAPPED_DOCKERFILE.format(image=NOTEBOOK_IMAGE)})
+    hub = make_hub({"runners": {"warm_servers": 0}})
+    hb_runner(hub)
+    hub.login("alice", "alice-pw")
+    first = launch(hub, "alice", "a")  # cold: the wrapper runs
+    stop(hub, "alice", "a")
+
+    second = launch(hub, "alice", "b")  # the prestarted one dies; a cold one serves
+    log = job_log(hub, second["id"])
+    assert PRESTARTED in log
+    assert "The warm notebook container did not work (it exited while starting" in log, log
+    assert "exited with code 3" in log
+    assert second["image"] == first["image"]
+    token = hub.user_token("alice")
+    assert api(hub, "alice", "b", "contents", token).status_code == 200
+    stop(hub, "alice", "b")
+
+    third = launch(hub, "alice", "c")  # that image starts cold on this runner now
+    assert "Binding warm" not in job_log(hub, third["id"])
+    stop(hub, "alice", "c")

@@ -61,6 +61,10 @@ WARM_CMD = ["jupyterhub-singleuser"]  # only launches with the default command g
 # the notebook server's expensive imports, then one line from stdin, then its main
 ENTRY_CODE = r"""
 import importlib, json, os, sys
+try:  # the one import a warm server cannot do without: else it is not JupyterHub's
+    from jupyterhub.singleuser import main
+except Exception as e:
+    sys.exit(f"booklab-warm: no jupyterhub.singleuser here ({e}): this image starts cold")
 def _load(names):
     for name in names:
         try:

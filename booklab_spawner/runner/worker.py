@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import jobs as J
 from ..crypto import SecretBox, Signer
-from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound
+from ..exceptions import BooklabError, FetchFailed, InvalidTransition, JobNotFound, LaunchFailed
 from ..runnerconf import RunnerConf
 from ..scrub import Scrubber
 from . import build, fetch, gitsafe, imagekey, tree
@@ -62,6 +62,7 @@ class JobWorker:
         self.image = ""
         self._url = ""
         self.recipe: Recipe | None = None  # set when the launch could go warm
+        self._bound_warm = False  # its container was a warm one
         self.state = J.CLAIMED
 
     async def say(self, message: str, phase: str = "") -> None:
@@ -165,10 +166,9 @@ class JobWorker:
                                                conf.user_id)
             await self.step(J.STARTING, f"Starting the notebook from {self.image}")
             await self._start(job, secrets, conf, content)
+            await self._listening(job, secrets, conf, content)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
-        await self.runner.launcher.wait_listening(self.container_id, self._url,
-                                                  conf.container_start_timeout)
         await self.step(J.RUNNING, f"Notebook server is listening at {self._url}",
                         url=self._url, container=self.container_id, image=self.image)
         await self.runner.image_launched(self.image, conf.image_prefix)
@@ -304,12 +304,53 @@ class JobWorker:
                            f"started {age:.0f} s before this launch")
                 await self.say(f"Binding warm notebook container {warm.container_id[:12]} "
                                f"({started}{', server imports done' if warm.ready else ''})")
-                self.container_id, self._url = await pool.bind(warm, job, env, args, content)
-                return
-            await pool.make_room()
+                try:
+                    self.container_id, self._url = await pool.bind(warm, job, env, args,
+                                                                   content)
+                    self._bound_warm = True
+                    return
+                except LaunchFailed as e:  # it died meanwhile: not the launch's fault
+                    await self._warm_failed(str(e))
+        await self._start_cold(job, secrets, conf, content)
+
+    async def _start_cold(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
+                          content: str) -> None:
+        public = json.loads(job.get("env") or "{}")
+        cmd, args = self._cmd(job), json.loads(job.get("args") or "[]")
+        if self.runner.warm is not None:
+            await self.runner.warm.make_room()
         self.container_id, self._url = await self.runner.launcher.start(
             job, self.image, cmd + args, public, conf.network, conf.notebook_port, conf.user_id,
-            content=content, secret_env=secret)
+            content=content, secret_env=secrets.get("env") or {})
+
+    async def _listening(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
+                         content: str) -> None:
+        """Until the server listens. A warm container that dies while it starts is
+        not the launch's fault: the launch starts cold instead, and the image goes
+        cold on this runner (its warm or prestarted servers do not work)."""
+        launcher = self.runner.launcher
+        try:
+            await launcher.wait_listening(self.container_id, self._url,
+                                          conf.container_start_timeout)
+            return
+        except ContainerExited as e:
+            if not self._bound_warm or self.runner.warm is None:
+                raise
+            await self._say_lines(e.exit.last_lines)
+            await self._warm_failed(f"it exited while starting: {e}")
+        await self._start_cold(job, secrets, conf, content)
+        await launcher.wait_listening(self.container_id, self._url,
+                                      conf.container_start_timeout)
+
+    async def _warm_failed(self, why: str) -> None:
+        """Remove the warm container this job got; the image goes cold on this runner."""
+        await self.say(f"The warm notebook container did not work ({why}): starting a "
+                       "fresh container instead")
+        if self.runner.warm is not None:
+            self.runner.warm.unwarmable.add(self.image)
+        if self.container_id:
+            await self.runner.launcher.remove(self.container_id, grace=0)
+        self.container_id, self._bound_warm = None, False
 
     async def _adopted(self) -> None:
         try:
