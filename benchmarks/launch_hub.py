@@ -21,11 +21,10 @@ double and image:
   has done its imports -- the steady state of launches more than a few seconds
   apart -- so that its refill never overlaps another side's launch;
 - **booklab cold**: ``runners.warm_servers: 0``: a cached launch that starts a
-  fresh container (create, copy the checkout in, start, the server's imports),
-  with the product's default ``runners.prestart: true``: the runner starts that
-  container from the project's last image while it fetches (runner/warm.py);
-- **booklab cold, no prestart**: ``prestart: false`` as well: the container is
-  created only after the fetch and the image check.
+  fresh container (create, copy the checkout in, start, the server's imports);
+- **booklab cold, prestart on**: the same with ``runners.prestart: true`` (off by
+  default): the runner starts that container from the project's last image while
+  it fetches (runner/warm.py).
 
 Launches alternate between the sides (load changes hit all alike); each side
 warms up once first (Booklab builds its image then). ``--latency`` makes the
@@ -67,7 +66,7 @@ from tests.gitlab_double import GitLabDouble
 from tests.services import RedisServer, free_ports, remove_images, remove_runner_containers
 
 # (side, runners.warm_servers, runners.prestart): the first builds the image
-SIDES = (("cold", 0, True), ("plain", 0, False), ("hot", 1, True))
+SIDES = (("cold", 0, False), ("prestart", 0, True), ("hot", 1, False))
 POLL = 0.05  # s between checks, the same for both sides (faster loads the hubs)
 SPAWNER_CONFIG = """
 from dockerspawner import DockerSpawner
@@ -273,7 +272,7 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
         result = {"runs": runs, "gitlab_latency_s": latency, "image": image, "rows": [
             _row("booklab hot (warm server)", times["hot"], phases["hot"], base),
             _row("booklab cold (cached image)", times["cold"], phases["cold"], base),
-            _row("booklab cold, no prestart", times["plain"], phases["plain"], base),
+            _row("booklab cold, prestart on", times["prestart"], phases["prestart"], base),
             _row("dockerspawner", times["dockerspawner"], [], base)]}
         print(f"runs: {runs} each, GitLab latency {latency * 1000:.0f} ms, image {image}")
         print("POST -> ready -> api/status 200 through the proxy")

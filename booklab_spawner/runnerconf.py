@@ -40,7 +40,7 @@ class RunnerConf:
     hub_url: str = ""  # the hub as runners reach it (read-only git proxy), ends with /hub/
     warm_servers: int = 1  # warm notebook containers per runner at most (0: none)
     warm_ttl: int = 600  # seconds after an image's last launch its warm container is kept
-    prestart: bool = True  # start the container during the fetch, from the project's last image
+    prestart: bool = False  # start the container during the fetch, from the project's last image
 
     def validate(self) -> RunnerConf:
         if self.network not in ("bridge", "host"):

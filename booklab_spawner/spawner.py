@@ -168,7 +168,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
     )
 
     prestart = Bool(
-        True, config=True,
+        False, config=True,
         help="""Runners start the notebook container while the commit is fetched, from
         the image the project's last launch on that runner used, and bind it when the
         commit needs that image (docs/runner.md, "Prestart"). Published to runners.""",

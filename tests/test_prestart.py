@@ -2,7 +2,7 @@
 Docker: a relaunch binds a container the runner started from the project's last
 image while it fetched the commit; a commit that needs another image starts cold,
 and the container started on the wrong guess is removed (no warm servers here);
-``prestart: false`` starts every launch cold."""
+``prestart: false`` (the default) starts every launch cold."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def created_at(container) -> float:
 
 def test_a_relaunch_binds_the_container_started_while_it_fetched(
         make_hub, hb_runner, hb_gitlab, docker_client):
-    hub = make_hub({"runners": {"warm_servers": 0}})  # prestart is on by default
+    hub = make_hub({"runners": {"warm_servers": 0, "prestart": True}})
     runner = hb_runner(hub)
     hub.login("alice", "alice-pw")
 
@@ -110,7 +110,7 @@ def test_a_warm_container_that_dies_while_starting_gives_way_to_a_cold_start(
         make_hub, hb_runner, hb_gitlab):
     hb_gitlab.commit("demo/hello", "main",
                      {"Dockerfile": WRAPPED_DOCKERFILE.format(image=NOTEBOOK_IMAGE)})
-    hub = make_hub({"runners": {"warm_servers": 0}})
+    hub = make_hub({"runners": {"warm_servers": 0, "prestart": True}})
     hb_runner(hub)
     hub.login("alice", "alice-pw")
     first = launch(hub, "alice", "a")  # cold: the wrapper runs
