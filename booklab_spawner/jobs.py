@@ -352,7 +352,10 @@ class JobStore:
         pushes with every job; the script keeps one token per non-empty queue, so a
         token taken by a runner that then claimed another profile's job wakes the
         next runner (no polling, no lost wake-up)."""
-        names = list(dict.fromkeys(profiles)) or [DEFAULT_PROFILE]
+        names = list(dict.fromkeys(profiles))
+        if not names:  # a runner whose labels satisfy no profile: nothing to wait on
+            await asyncio.sleep(timeout)
+            return None
         k = self.keys
         script_keys = [k.claimed(runner_id)]
         for name in names:

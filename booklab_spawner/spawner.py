@@ -50,6 +50,8 @@ from .jobs import (
 )
 from .keys import DEFAULT_PREFIX, Keys
 from .launch_events import LaunchEvents
+from .profile_choice import ProfileChoice
+from .profiles import Profile
 from .redis_client import default_url, get_redis
 from .registry import alive_runners, is_alive
 
@@ -72,7 +74,8 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner):
+class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, ProfileChoice,
+                     Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -230,7 +233,8 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
             gitlab_url=self.gitlab_url, network=self.runner_network, hub_url=self.hub.url,
             image_prefix=self.image_prefix, build_timeout=self.build_timeout,
             container_start_timeout=self.container_start_timeout,
-            warm_servers=self.warm_servers, warm_ttl=self.warm_ttl, **extra,
+            warm_servers=self.warm_servers, warm_ttl=self.warm_ttl,
+            profiles=[p.as_dict() for p in self.launch_profiles], **extra,
         ).validate()
 
     # -- state --------------------------------------------------------------------
@@ -260,7 +264,8 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         return _options_checked_in_start
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
-        return {name: formdata[name][0] for name in ("project", "ref") if formdata.get(name)}
+        return {name: formdata[name][0] for name in ("project", "ref", "profile")
+                if formdata.get(name)}
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
         # /hub/spawn?opt-project=... would launch from a GET, which any other site can
@@ -278,6 +283,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
     # -- start ----------------------------------------------------------------------
     async def start(self) -> str:
         project_path, ref = self._launch_options()
+        profile = await self.choose_profile(self.user_options or {})
         token, scopes = await self._gitlab_token()
         try:
             gitlab = GitLabClient(self.gitlab_url, token)
@@ -287,7 +293,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         job_id = new_job_id()
         clone, key_id = await self._clone_credential(gitlab, project, job_id, token, scopes)
         try:
-            await self._create_job(job_id, project, ref, sha, clone, key_id)
+            await self._create_job(job_id, project, ref, sha, clone, key_id, profile)
         except BaseException:
             if key_id:
                 await deploykeys.remove(gitlab, project["id"], key_id)
@@ -316,7 +322,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         return project, sha
 
     async def _create_job(self, job_id: str, project: dict, ref: str, sha: str,
-                          clone: dict, key_id: int | None) -> None:
+                          clone: dict, key_id: int | None, profile: Profile) -> None:
         check_runner_token(self.runner_token)
         signer = Signer(self.runner_token)
         await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf(), signer)
@@ -327,7 +333,9 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
             ref=ref, sha=sha, clone_url=project["http_url_to_repo"],
             ssh_url=project.get("ssh_url_to_repo") or "", clone_method=clone["method"],
             deploy_key_id=str(key_id or ""), cmd=list(self.cmd), args=self.get_args(),
-            env=env, mem_limit=str(self.mem_limit or ""), cpu_limit=str(self.cpu_limit or ""))
+            env=env, mem_limit=profile.mem_limit or str(self.mem_limit or ""),
+            cpu_limit=str(profile.cpu_limit or self.cpu_limit or ""),
+            profile=profile.name, labels=profile.labels, gpus=profile.gpus)
         # signed and sealed: runners act only on what the hub wrote (docs/protocol.md)
         record, blob = request.sealed(job_id, self.runner_token,
                                       {"env": secret_env, "clone": clone})
