@@ -1,11 +1,11 @@
 """Launch profiles: what config.yml accepts, which runners serve which profile, and
 the container options a GPU profile gives (checked on the real Docker engine)."""
 
-import docker
 import pytest
 import yaml
 from docker.errors import APIError
 
+import docker
 from booklab_hub.config import ConfigError, load
 from booklab_spawner import profiles as P
 from booklab_spawner.crypto import Signer
