@@ -65,13 +65,27 @@ class ProfileChoice(Configurable):
             raise SpawnFailed(f"You already run {profile.max_per_user} server(s) with launch "
                               f"profile {name!r}, as many as it allows: stop one first", 400)
         runners = await alive_labels(self.store.redis, self.keys)
-        if not any(profile.satisfied_by(labels) for labels in runners.values()):
-            need = ", ".join([f"{k}={v}" for k, v in profile.labels.items()]
-                             + ([f"{profile.gpus} GPU(s)"] if profile.gpus else []))
+        # with no runner alive at all a launch waits for one, as it always did
+        if runners and not any(profile.satisfied_by(labels) for labels in runners.values()):
             raise SpawnFailed(f"No live runner can take launch profile {name!r} (it needs "
-                              f"{need or 'any runner'}; {len(runners)} runner(s) alive): "
+                              f"{_needs(profile)}; {len(runners)} runner(s) alive): "
                               "pick another profile or ask the hub's operator", 400)
         return profile
+
+    async def unserved(self, profile_name: str) -> str | None:
+        """Why no live runner would take a job of ``profile_name`` now (None: one would):
+        the launch waits, and the queue timeout's message says this."""
+        try:
+            profile = self.profile_named(profile_name or DEFAULT_PROFILE)
+        except SpawnFailed:
+            return f"launch profile {profile_name!r} is no longer configured"
+        runners = await alive_labels(self.store.redis, self.keys)
+        if any(profile.satisfied_by(labels) for labels in runners.values()):
+            return None
+        if not runners:
+            return "no runner is alive"
+        return (f"none of the {len(runners)} live runner(s) offers what launch profile "
+                f"{profile.name!r} needs ({_needs(profile)})")
 
     async def _in_groups(self, groups: tuple[str, ...]) -> bool:
         check = getattr(self.authenticator, "member_of_groups", None)
@@ -86,3 +100,8 @@ class ProfileChoice(Configurable):
             if ((spawner.user_options or {}).get("profile") or DEFAULT_PROFILE) == name:
                 count += 1
         return count
+
+
+def _needs(profile: P.Profile) -> str:
+    return ", ".join([f"{k}={v}" for k, v in profile.labels.items()]
+                     + ([f"{profile.gpus} GPU(s)"] if profile.gpus else [])) or "any runner"

@@ -299,6 +299,10 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
                 await deploykeys.remove(gitlab, project["id"], key_id)
             raise
         try:
+            why = await self.unserved(profile.name)
+            if why:  # it waits, and the person reads why
+                await self.store.log(job_id, f"Waiting for a runner: {why}; the launch waits "
+                                     f"up to {self.queue_timeout} s", QUEUED)
             return await self._wait_until_running(job_id)
         except Exception:
             # JupyterHub calls stop() only for a server poll() says is running
@@ -433,8 +437,10 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
     async def _time_out(self, job_id: str, phase: str) -> None:
         if phase == "queue":
             alive = await alive_runners(self.store.redis, self.keys)
+            unserved = await self.unserved((await self.store.find(job_id)).get("profile", ""))
             why = ("no runner is alive: ask the hub's operator to start booklab-runner"
-                   if not alive else f"all {len(alive)} runners are busy: try again later")
+                   if not alive else f"{unserved}: ask the hub's operator" if unserved
+                   else f"all {len(alive)} runners are busy: try again later")
             msg = f"No runner took the job within {self.queue_timeout} s — {why}"
         elif phase == "build":
             runner = (await self.store.find(job_id)).get("runner") or "?"

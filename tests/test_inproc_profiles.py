@@ -12,6 +12,7 @@ import pytest
 
 from booklab_spawner import registry
 from booklab_spawner.redis_client import get_redis
+from tests.conftest_mockhub import WAIT_LIMIT
 
 pytestmark = pytest.mark.inproc
 
@@ -46,19 +47,16 @@ async def test_refused_profiles_say_why_and_queue_nothing(inproc_hub):
         ({"profile": "gpu"}, "Launch profile 'gpu' is for members of the GitLab group(s) "
                              "gpu-lab: you are in none of them; pick another profile"),
         ({"profile": "big"}, "No live runner can take launch profile 'big' (it needs "
-                             "mem=64G; 0 runner(s) alive): pick another profile or ask the "
+                             "mem=64G; 1 runner(s) alive): pick another profile or ask the "
                              "hub's operator"),
     ]
+    await _runner(hub, "small-1", {"cpus": "2", "gpus": "0"})  # without the labels
     for extra, message in refused:
         assert await hub.spawn_error("alice", "one", {**LAUNCH, **extra}) == (400, message)
         await _nothing_queued(hub, "alice")
-    # a runner without the label does not make it possible
-    await _runner(hub, "small-1", {"cpus": "2", "gpus": "0"})
-    status, message = await hub.spawn_error("alice", "one", {**LAUNCH, "profile": "big"})
-    assert status == 400 and "1 runner(s) alive" in message
     # a member of the group gets past the group check; no runner has a GPU
     hub.gitlab.add_member("gpu-lab", "alice", 30)
-    await _runner(hub, "gpu-1", {"gpu": "a100", "gpus": "0"})
+    await _runner(hub, "gpu-1", {"gpu": "a100", "gpus": "0"})  # the label, no GPU
     status, message = await hub.spawn_error("alice", "one", {**LAUNCH, "profile": "gpu"})
     assert (status, message.split(" (")[0]) == (400, "No live runner can take launch "
                                                      "profile 'gpu'")
@@ -84,3 +82,27 @@ async def test_an_allowed_profile_is_queued_with_its_labels_and_limits(inproc_hu
                                       "'big', as many as it allows: stop one first")
     await hub.store.fail(job_id, "The test's runner ended this launch")
     await asyncio.wait_for(request, 60)
+
+
+async def test_a_launch_no_runner_serves_waits_saying_so_then_times_out(inproc_hub):
+    """Queued while no runner was alive (a launch then waits, as any launch does); the
+    runner that comes lacks the label: the job's log says why it waits, and the queue
+    timeout's message names the profile's needs."""
+    hub = await inproc_hub({"profiles": PROFILES, "runners": {"queue_timeout": 2}})
+    await hub.login("alice")
+    request = asyncio.ensure_future(hub.spawn("alice", "one", {**LAUNCH, "profile": "big"}))
+    for _ in range(200):
+        jobs = await hub.jobs("alice")
+        if jobs:
+            break
+        await asyncio.sleep(0.05)
+    (job,) = jobs
+    await _runner(hub, "small-1", {"cpus": "2"})
+    r = await asyncio.wait_for(request, WAIT_LIMIT)
+    message = ("No runner took the job within 2 s — none of the 1 live runner(s) offers what "
+               "launch profile 'big' needs (mem=64G): ask the hub's operator")
+    assert (r.status_code, r.json()["message"]) == (504, message)
+    lines = [e.message for e in await hub.store.read_log(job["id"]) if e.kind == "log"]
+    assert any(line.startswith("Waiting for a runner: ") and line.endswith(
+        "; the launch waits up to 2 s") for line in lines), lines
+    assert await hub.store.queued("big") == []
