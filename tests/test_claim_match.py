@@ -151,3 +151,15 @@ async def test_cancel_and_requeue_keep_the_fair_order(store, redis, keys):
     await store.requeue("r1", "a0", "runner going away")
     assert await store.queued() == ["a0", "b0", "a2"]  # handed back: to the front
     assert await store.claim("r2", 0.1) == "a0"
+
+
+async def test_the_admin_page_lists_every_profiles_queue_with_positions(store):
+    from booklab_hub.handlers.admin import job_rows
+
+    await make_job(store, "a0", user="alice")
+    await make_job(store, "a1", user="alice")
+    await make_job(store, "g0", user="bob", profile="gpu")
+    await make_job(store, "b0", user="bob")
+    rows = {r["id"]: r for r in await job_rows(store, [], ("default", "gpu"))}
+    assert {j: rows[j]["position"] for j in rows} == {"a0": 1, "b0": 2, "a1": 3, "g0": 1}
+    assert rows["g0"]["profile"] == "gpu"
