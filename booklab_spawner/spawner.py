@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import os
 import time
 from collections.abc import Awaitable
@@ -257,7 +258,15 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
     @default("options_form")
     def _default_options_form(self) -> str:
         # the plain form behind /hub/spawn; Booklab's picker pages link here with options
-        return _OPTIONS_FORM
+        profiles = self.launch_profiles
+        if len(profiles) < 2:
+            return _OPTIONS_FORM
+        options = "".join(f'<option value="{p.name}">{html.escape(p.name)}'
+                          f'{" — " + html.escape(p.description) if p.description else ""}'
+                          "</option>" for p in profiles)
+        return (_OPTIONS_FORM + '<label for="booklab-profile">Launch profile</label>\n'
+                f'<select class="form-select" id="booklab-profile" name="profile">{options}'
+                "</select>\n")
 
     @default("apply_user_options")
     def _default_apply_user_options(self):

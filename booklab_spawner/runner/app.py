@@ -28,7 +28,7 @@ from .. import jobs as J
 from .. import profiles as profmod
 from .. import runnerconf as confmod
 from ..crypto import SecretBox, Signer, check_runner_token
-from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
+from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable, SignatureError
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
 from ..traits import ByteSize
@@ -195,12 +195,13 @@ class Runner:
         them, from the hub's signed conf (only the default one before the hub
         published it, or when its profiles cannot be read)."""
         known = [profmod.DEFAULT]
-        conf = await confmod.read(self.redis, self.keys, self.signer)
-        if conf is not None and conf.profiles:
-            try:
+        try:
+            conf = await confmod.read(self.redis, self.keys, self.signer)
+            if conf is not None and conf.profiles:
                 known = profmod.parse(conf.profiles)
-            except ValueError as e:
-                log.warning("ignoring the hub's launch profiles: %s", e)
+        except (SignatureError, ValueError) as e:
+            # claim default jobs anyway: each then fails saying why (worker.py checks)
+            log.warning("ignoring the hub's launch profiles: %s", e)
         served = profmod.served_by(known, self.labels)
         if served != getattr(self, "_served", None):
             log.info("serving launch profiles: %s", ", ".join(served) or "none")
