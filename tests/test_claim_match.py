@@ -163,3 +163,21 @@ async def test_the_admin_page_lists_every_profiles_queue_with_positions(store):
     rows = {r["id"]: r for r in await job_rows(store, [], ("default", "gpu"))}
     assert {j: rows[j]["position"] for j in rows} == {"a0": 1, "b0": 2, "a1": 3, "g0": 1}
     assert rows["g0"]["profile"] == "gpu"
+
+
+async def test_fair_share_holds_under_a_concurrent_burst(store, redis_server):
+    """alice's 20 launches and bob's one, queued at once from 21 connections while a
+    runner claims: bob's job is claimed first or second."""
+    import redis.asyncio as aioredis
+
+    clients = [aioredis.from_url(redis_server.url, decode_responses=True) for _ in range(21)]
+    stores = [JobStore(c, store.keys) for c in clients]
+    order = list(range(21))
+    random.shuffle(order)
+    await asyncio.gather(*(make_job(stores[i], "bob1" if i == 20 else f"a{i:02d}",
+                                    user="bob" if i == 20 else "alice") for i in order))
+    claimed = [await store.claim("r1", 0.1) for _ in range(21)]
+    assert set(claimed) == {"bob1", *(f"a{i:02d}" for i in range(20))}
+    assert claimed.index("bob1") <= 1, claimed
+    for c in clients:
+        await c.aclose()
