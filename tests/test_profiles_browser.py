@@ -67,8 +67,17 @@ def test_the_picker_offers_profiles_refuses_one_and_queues_the_other(
     assert hub.job_of("alice", "demo-hello-main") is None or \
         hub.job_of("alice", "demo-hello-main").get("profile") != "gpu"
 
+    # the launch link with ?profile=gpu: the confirmation names it, the launch is refused
+    page.goto(f"{hub.url}/hub/booklab/v2/gl/demo%2Fhello/main?profile=gpu")
+    expect(page.locator("#confirm-profile")).to_have_text("gpu")
+    expect(page.locator("#booklab-confirm")).to_contain_text("One A100")
+    page.click("#confirm-launch")
+    expect(page.locator("body")).to_contain_text("No live runner can take launch profile "
+                                                 "'gpu'")
+
     # the pages runner's label satisfies "pages": the launch lands there with its limit
-    page.go_back()
+    page.goto(f"{hub.url}/hub/booklab/")
+    page.fill("#project-search", "hello")
     page.locator(".booklab-project[data-path='demo/hello']").click()
     page.locator("#profile-select").select_option("pages")
     page.click("#launch-button")
