@@ -19,6 +19,8 @@ from .credentials import SpawnFailed
 from .keys import DEFAULT_PROFILE
 from .registry import alive_labels
 
+NO_RUNNER_ALIVE = "no runner is alive"
+
 
 class ProfileChoice(Configurable):
     """Mixin of BooklabSpawner: the operator's profiles and the check of a launch's."""
@@ -83,7 +85,7 @@ class ProfileChoice(Configurable):
         if any(profile.satisfied_by(labels) for labels in runners.values()):
             return None
         if not runners:
-            return "no runner is alive"
+            return NO_RUNNER_ALIVE
         return (f"none of the {len(runners)} live runner(s) offers what launch profile "
                 f"{profile.name!r} needs ({_needs(profile)})")
 

@@ -49,9 +49,9 @@ from .jobs import (
     new_job_id,
     start_timeout_message,
 )
-from .keys import DEFAULT_PREFIX, Keys
+from .keys import DEFAULT_PREFIX, DEFAULT_PROFILE, Keys
 from .launch_events import LaunchEvents
-from .profile_choice import ProfileChoice
+from .profile_choice import NO_RUNNER_ALIVE, ProfileChoice
 from .profiles import Profile
 from .redis_client import default_url, get_redis
 from .registry import alive_runners, is_alive
@@ -309,7 +309,9 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
             raise
         try:
             why = await self.unserved(profile.name)
-            if why:  # it waits, and the person reads why
+            # it waits, and the person reads why (for the default profile with no runner
+            # alive the picker says so already, and the queue's messages follow)
+            if why and not (profile.name == DEFAULT_PROFILE and why == NO_RUNNER_ALIVE):
                 await self.store.log(job_id, f"Waiting for a runner: {why}; the launch waits "
                                      f"up to {self.queue_timeout} s", QUEUED)
             return await self._wait_until_running(job_id)
