@@ -21,7 +21,11 @@ double and image:
   has done its imports -- the steady state of launches more than a few seconds
   apart -- so that its refill never overlaps another side's launch;
 - **booklab cold**: ``runners.warm_servers: 0``: a cached launch that starts a
-  fresh container (create, copy the checkout in, start, the server's imports).
+  fresh container (create, copy the checkout in, start, the server's imports),
+  with the product's default ``runners.prestart: true``: the runner starts that
+  container from the project's last image while it fetches (runner/warm.py);
+- **booklab cold, no prestart**: ``prestart: false`` as well: the container is
+  created only after the fetch and the image check.
 
 Launches alternate between the sides (load changes hit all alike); each side
 warms up once first (Booklab builds its image then). ``--latency`` makes the
@@ -62,6 +66,8 @@ from tests.conftest_stack import (
 from tests.gitlab_double import GitLabDouble
 from tests.services import RedisServer, free_ports, remove_images, remove_runner_containers
 
+# (side, runners.warm_servers, runners.prestart): the first builds the image
+SIDES = (("cold", 0, True), ("plain", 0, False), ("hot", 1, True))
 POLL = 0.05  # s between checks, the same for both sides (faster loads the hubs)
 SPAWNER_CONFIG = """
 from dockerspawner import DockerSpawner
@@ -127,21 +133,28 @@ def wait_answer(url: str, timeout: float = 90) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+MARKS: list[dict[str, float]] = []  # per launch: wall-clock times of POST and hub-ready
+
+
 def launch(api, url: str, user: str, path: str, body: dict | None) -> float:
     """POST the server, then until the hub says ready and the server answers through
     the proxy; the server is stopped afterwards (not timed)."""
     token = api("POST", f"/users/{user}/tokens", json={"expires_in": 600}).json()["token"]
+    marks = {"post": time.time()}
+    MARKS.append(marks)
     start = time.perf_counter()
     r = api("POST", f"/users/{user}/{path}", json=body)
     assert r.status_code in (201, 202), r.text
     name = path.removeprefix("servers/") if path.startswith("servers/") else ""
     while not api("GET", f"/users/{user}").json()["servers"].get(name, {}).get("ready"):
         time.sleep(POLL)
+    marks["ready"] = time.time()
     prefix = f"/user/{user}/{name + '/' if name else ''}"
     while requests.get(f"{url}{prefix}api/status", timeout=30,
                        headers={"Authorization": f"token {token}"}).status_code != 200:
         time.sleep(POLL)
     elapsed = time.perf_counter() - start
+    marks["status"] = time.time()
     r = api("DELETE", f"/users/{user}/{path}")
     assert r.status_code in (202, 204), r.text
     while api("GET", f"/users/{user}").json()["servers"].get(name, {}).get("ready"):
@@ -157,6 +170,34 @@ def start_phase(hub: Hub, user: str, server: str) -> float:
     states = {f["state"]: float(f["ts"]) for _, f in hub.redis().xrange(hub.keys.log(job["id"]))
               if f.get("kind") == "state"}
     return states["running"] - states["starting"]
+
+
+PHASES = ("queued", "claimed", "fetching", "building", "starting", "running")
+
+
+def phase_marks(hub: Hub, user: str, server: str) -> dict[str, float]:
+    """Seconds after the POST at which the newest job reached each state (the job
+    log's wall-clock ``ts``), the hub said ready, and ``api/status`` answered."""
+    marks = MARKS[-1]
+    job = hub.job_of(user, server)
+    out = {f["state"]: float(f["ts"]) - marks["post"]
+           for _, f in hub.redis().xrange(hub.keys.log(job["id"]))
+           if f.get("kind") == "state" and f.get("state") in PHASES}
+    out["hub ready"] = marks["ready"] - marks["post"]
+    out["api/status 200"] = marks["status"] - marks["post"]
+    return out
+
+
+def print_phases(side: str, runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median time after the POST of each mark, and the median step to it."""
+    names = [n for n in (*PHASES, "hub ready", "api/status 200") if all(n in r for r in runs)]
+    medians = {n: statistics.median(r[n] for r in runs) for n in names}
+    print(f"{side}: median seconds after the POST (step from the previous mark)")
+    previous = 0.0
+    for name in names:
+        print(f"  {name:<16} {medians[name]:>7.3f}  (+{medians[name] - previous:.3f})")
+        previous = medians[name]
+    return medians
 
 
 def wait_warm_ready(client, runner_id: str, timeout: float = 120) -> None:
@@ -191,10 +232,10 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
     procs: list[Process] = []
     try:
         hubs, runners = {}, {}
-        for side, warm in (("cold", 0), ("hot", 1)):
+        for side, warm, prestart in SIDES:
             hub = Hub(tmp / f"hub-{side}", gitlab, redis.url, token,
                       overrides={"runners": {"image_prefix": "booklab-bench/",
-                                             "warm_servers": warm},
+                                             "warm_servers": warm, "prestart": prestart},
                                  "gitlab": {"clone_method": "token"}})
             (tmp / f"hub-{side}").mkdir()
             hub.start()
@@ -206,7 +247,7 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
             hub.login("alice", "alice-pw")
             hubs[side] = hub
         body = {"user_options": {"project": "demo/hello", "ref": "main"}}
-        for side in ("cold", "hot"):  # the first builds the image; the second reuses it
+        for side, _, _ in SIDES:  # the first builds the image; the others reuse it
             launch(hubs[side].api, hubs[side].url, "alice", "servers/bench", body)
         wait_warm_ready(client, runners["hot"].runner_id)
         image = hubs["cold"].job_of("alice", "bench")["image"]
@@ -215,13 +256,16 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
         assert stock.api("POST", "/users/bench").status_code in (201, 409)
         launch(stock.api, stock.url, "bench", "server", None)  # warm the page cache
         gitlab.latency = latency
-        times: dict[str, list[float]] = {"hot": [], "cold": [], "dockerspawner": []}
-        phases: dict[str, list[float]] = {"hot": [], "cold": []}
+        sides = [side for side, _, _ in SIDES]
+        times: dict[str, list[float]] = {side: [] for side in (*sides, "dockerspawner")}
+        phases: dict[str, list[float]] = {side: [] for side in sides}
+        marks: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         for _ in range(runs):
-            for side in ("hot", "cold"):
+            for side in sides:
                 hub = hubs[side]
                 times[side].append(launch(hub.api, hub.url, "alice", "servers/bench", body))
                 phases[side].append(start_phase(hub, "alice", "bench"))
+                marks[side].append(phase_marks(hub, "alice", "bench"))
                 if side == "hot":
                     wait_warm_ready(client, runners["hot"].runner_id)  # untimed refill
             times["dockerspawner"].append(launch(stock.api, stock.url, "bench", "server", None))
@@ -229,6 +273,7 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
         result = {"runs": runs, "gitlab_latency_s": latency, "image": image, "rows": [
             _row("booklab hot (warm server)", times["hot"], phases["hot"], base),
             _row("booklab cold (cached image)", times["cold"], phases["cold"], base),
+            _row("booklab cold, no prestart", times["plain"], phases["plain"], base),
             _row("dockerspawner", times["dockerspawner"], [], base)]}
         print(f"runs: {runs} each, GitLab latency {latency * 1000:.0f} ms, image {image}")
         print("POST -> ready -> api/status 200 through the proxy")
@@ -239,13 +284,14 @@ def run(runs: int, latency: float, json_path: str | None = None) -> dict:
             print(f"{row['name']:<30} {row['median_s']:>9.3f} {row['min_s']:>7.3f} "
                   f"{'' if phase is None else f'{phase:.3f}':>14} "
                   f"{row['ratio_to_dockerspawner']:>16.2f}")
+        result["phases"] = {side: print_phases(side, marks[side]) for side in sides}
         if json_path:
             Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         return result
     finally:
         for proc in reversed(procs):
             proc.stop()
-        remove_runner_containers(client, {"bench-runner-cold", "bench-runner-hot"})
+        remove_runner_containers(client, {f"bench-runner-{side}" for side, _, _ in SIDES})
         for c in client.containers.list(all=True, filters={"name": "bench-dsp-"}):
             c.remove(force=True)
         remove_images(client, "booklab-bench/")

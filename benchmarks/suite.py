@@ -41,7 +41,8 @@ NAMES = ("launch_hub", "launch_cached", "build_first", "load")
 
 # launch_hub's rows, named and judged as the issue does (DockerSpawner is the baseline)
 _HUB_ROWS = {"booklab hot (warm server)": ("hot launch (warm server) through the hub", 0.5),
-             "booklab cold (cached image)": ("cold cached launch through the hub", 0.65)}
+             "booklab cold (cached image)": ("cold cached launch through the hub", 0.65),
+             "booklab cold, no prestart": ("cold cached launch, prestart off", None)}
 
 
 def run_launch_hub(args) -> list[dict]:

@@ -252,6 +252,10 @@ SETTINGS: list[Setting] = [
     Setting("runners.warm_ttl", int, 600, "Seconds after an image's last launch during "
             "which a runner keeps its warm container; then it is removed.",
             check=_non_negative),
+    Setting("runners.prestart", bool, True, "Start the notebook container while the "
+            "commit is fetched, from the image the project's last launch on that runner "
+            "used; the launch binds it when the commit needs that image (a guess that "
+            "misses costs one container start). docs/runner.md, \"Prestart\"."),
     Setting("runners.start_timeout", int, 0, "Seconds a launch may take in all before "
             "JupyterHub gives up (0: queue + build + container start timeouts plus a "
             "margin, so that the message says which phase ran out).", check=_non_negative),
@@ -447,6 +451,7 @@ def apply(c: Any, s: dict[str, Any]) -> None:
     sp.container_start_timeout = s["runners.container_start_timeout"]
     sp.warm_servers = s["runners.warm_servers"]
     sp.warm_ttl = s["runners.warm_ttl"]
+    sp.prestart = s["runners.prestart"]
     if s["runners.start_timeout"]:
         sp.start_timeout = s["runners.start_timeout"]
     if s["runners.mem_limit"]:

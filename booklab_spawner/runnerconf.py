@@ -40,6 +40,7 @@ class RunnerConf:
     hub_url: str = ""  # the hub as runners reach it (read-only git proxy), ends with /hub/
     warm_servers: int = 1  # warm notebook containers per runner at most (0: none)
     warm_ttl: int = 600  # seconds after an image's last launch its warm container is kept
+    prestart: bool = True  # start the container during the fetch, from the project's last image
     # the launch profiles (profiles.Profile.as_dict): a runner claims from the queues of
     # those its labels satisfy
     profiles: list[dict[str, Any]] = field(default_factory=list)
@@ -54,6 +55,8 @@ class RunnerConf:
                              f"{self.container_start_timeout!r}")
         if self.warm_servers < 0 or self.warm_ttl < 0:
             raise ValueError("warm_servers and warm_ttl must not be negative")
+        if not isinstance(self.prestart, bool):
+            raise ValueError(f"prestart must be true or false, not {self.prestart!r}")
         return self
 
     def to_hash(self) -> dict[str, str]:

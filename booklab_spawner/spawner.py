@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from jupyterhub.spawner import Spawner
-from traitlets import Float, Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, Unicode, default, validate
 
 from . import deploykeys
 from . import runnerconf as confmod
@@ -170,6 +170,13 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
         container for it (e.g. 600); an unused one is removed then.""",
     )
 
+    prestart = Bool(
+        True, config=True,
+        help="""Runners start the notebook container while the commit is fetched, from
+        the image the project's last launch on that runner used, and bind it when the
+        commit needs that image (docs/runner.md, "Prestart"). Published to runners.""",
+    )
+
     @validate("warm_servers", "warm_ttl")
     def _check_warm(self, proposal: dict) -> int:
         if proposal.value < 0:
@@ -234,7 +241,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
             gitlab_url=self.gitlab_url, network=self.runner_network, hub_url=self.hub.url,
             image_prefix=self.image_prefix, build_timeout=self.build_timeout,
             container_start_timeout=self.container_start_timeout,
-            warm_servers=self.warm_servers, warm_ttl=self.warm_ttl,
+            warm_servers=self.warm_servers, warm_ttl=self.warm_ttl, prestart=self.prestart,
             profiles=[p.as_dict() for p in self.launch_profiles], **extra,
         ).validate()
 

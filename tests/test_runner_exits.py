@@ -174,6 +174,31 @@ async def test_watcher_notices_deaths_before_and_after_wait(rt_docker, exits_run
     assert "booklab-exits" not in {t.name for t in threading.enumerate()}
 
 
+async def test_a_cancelled_waiter_leaves_the_others_waiting(rt_docker, exits_runner):
+    """Two wait for one container (the warm pool's watch, then the job's): the first
+    is cancelled; the second still learns of the death, and so does a third that
+    comes after the cancel."""
+    launcher = Launcher(exits_runner, "127.0.0.1", client=rt_docker)
+    await launcher.exits.start()
+    try:
+        sleeper = await asyncio.to_thread(_sleeper, rt_docker, exits_runner)
+        first = asyncio.ensure_future(launcher.exits.wait(sleeper.id))
+        second = asyncio.ensure_future(launcher.exits.wait(sleeper.id))
+        await asyncio.sleep(0.5)  # both registered and checked once
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        third = asyncio.ensure_future(launcher.exits.wait(sleeper.id))
+        await asyncio.sleep(0.5)
+        assert not second.done() and not third.done()
+        await asyncio.to_thread(sleeper.kill)
+        assert await asyncio.wait_for(second, 60) == 137
+        assert await asyncio.wait_for(third, 60) == 137
+        assert first.cancelled()
+    finally:
+        await launcher.close()
+        await asyncio.to_thread(sleeper.remove, force=True)
+
+
 async def test_watcher_reconnect_loses_no_death(rt_docker, exits_runner):
     """The watcher's connection to Docker breaks and stays down while a container
     dies; once Docker answers again, that death is noticed; a living one is not."""

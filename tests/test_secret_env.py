@@ -6,7 +6,10 @@ The spawner splits ``get_env()``: names containing TOKEN, SECRET, PASSWORD or KE
 in the job record. Here the hub's own ``JUPYTERHUB_API_TOKEN`` and operator-set
 variables of each kind are followed from the hub to the container: the values
 are real (the token opens the hub's API as the server's user), absent from the
-record, the raw blob and the job's log, and present in the container's env.
+record, the raw blob and the job's log, and absent from everything ``docker
+inspect`` shows of the container (its config holds the public variables only),
+yet present in the environment of the notebook server's process, which got them
+through its stdin (``runner/containers.py``, ``EXEC_ENTRY``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,17 @@ def job_log(hub: Hub, job_id: str) -> str:
     return "\n".join(json.dumps(fields) for _, fields in entries)
 
 
-def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
+def server_env(container) -> dict[str, str]:
+    """The environment of the container's notebook server process (as its user)."""
+    out = container.exec_run(["sh", "-c", "for p in /proc/[0-9]*; do "
+                              "grep -qa jupyterhub-singleuser $p/cmdline && "
+                              "tr '\\0' '\\n' < $p/environ; done"], user="1000")
+    text = out.output.decode(errors="replace")
+    assert "JUPYTERHUB_SERVICE_URL=" in text, text
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_secret_env_reaches_the_server_but_not_the_record_nor_docker_inspect(
         make_hub, hb_runner, docker_client, runner_token):
     values = {name: f"v-{secrets.token_hex(16)}" for name in SECRET_NAMES}
     plain = f"plain-{secrets.token_hex(8)}"
@@ -70,9 +83,17 @@ def test_secret_env_reaches_the_container_but_not_the_plaintext_record(
         assert value not in record and value not in raw_blob and value not in log
     assert api_token not in runner.output()
 
-    # the container has each of them, with the real value
+    # docker inspect shows none of them: the container's config has the public variables
     container = docker_client.containers.get(job["container"])
-    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    inspected = json.dumps(container.attrs)
+    for value in secret_values:
+        assert value not in inspected
+    config_env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    assert config_env["BOOKLAB_T_PLAIN"] == plain
+    assert not set(config_env) & set(sealed_env), config_env
+
+    # the notebook server's own process has each of them, with the real value
+    env = server_env(container)
     assert env["JUPYTERHUB_API_TOKEN"] == api_token
     assert {n: env.get(n) for n in SECRET_NAMES} == values
     assert env["BOOKLAB_T_PLAIN"] == plain

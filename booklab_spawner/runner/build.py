@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 
 from ..exceptions import BuildFailed
+
+log = logging.getLogger(__name__)
+DRAIN = 10.0  # s the log may go on after the build process exited
 
 LogLine = Callable[[str, str], Awaitable[None]]  # (message, phase)
 
@@ -62,7 +66,7 @@ async def build(checkout: str, image: str, user_id: int, user_name: str, timeout
             stderr=asyncio.subprocess.STDOUT, cwd=tmp, env=_build_env(tmp),
         )
         try:
-            await asyncio.wait_for(_stream(proc, log_line), timeout)
+            await asyncio.wait_for(_follow(proc, log_line), timeout)
             code = await proc.wait()
         except asyncio.TimeoutError:
             await _terminate(proc)
@@ -86,6 +90,25 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+async def _follow(proc: asyncio.subprocess.Process, log_line: LogLine) -> None:
+    """The build's log until its output ends, or ``DRAIN`` s after the child exited
+    (a process it left behind may hold the pipe: r2d_child kills its group)."""
+    reader = asyncio.ensure_future(_stream(proc, log_line))
+    exited = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.wait({reader, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            await asyncio.wait({reader}, timeout=DRAIN)
+        if not reader.done():
+            log.warning("the build's output was still open %g s after repo2docker exited",
+                        DRAIN)
+        else:
+            reader.result()
+    finally:
+        reader.cancel()
+        exited.cancel()
 
 
 async def _stream(proc: asyncio.subprocess.Process, log_line: LogLine) -> None:

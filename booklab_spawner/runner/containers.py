@@ -1,5 +1,13 @@
 """Start, watch and remove notebook containers (docker-py, off the event loop).
 
+A container's secret environment never shows in ``docker inspect``: it is
+created with the job's public variables only, and its command is
+:data:`EXEC_ENTRY`, a few lines of the image's own Python that read one JSON
+line from stdin -- the whole environment, API token included, and the server's
+command -- and ``exec`` that command with it. The runner writes the line
+through Docker's attach socket right after ``start`` (:func:`send_line`), as it
+binds a warm container (:mod:`.warm`).
+
 The repository's current content reaches the container at start: the
 checkout (without ``.git``) is copied with ``put_archive`` into the image's
 repository directory (``$REPO_DIR`` as repo2docker sets it, else the image's
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import socket
@@ -55,6 +64,24 @@ READY_EVERY = 0.005  # s between connects while a notebook server starts
 # stop's grace period); the Docker client keeps one more connection, for the event stream
 DOCKER_THREADS = 8
 
+
+# reads the launch's environment and command from stdin, then becomes that command
+EXEC_CODE = r"""
+import json, os, sys
+_line = sys.stdin.buffer.readline()
+if not _line:
+    sys.exit("booklab: no launch environment on stdin")
+_bind = json.loads(_line)
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.close(_null)
+os.environ.update(_bind["env"])
+os.execvp(_bind["argv"][0], _bind["argv"])
+"""
+# the interpreter of the image's jupyterhub-singleuser script (its #! line), else python3
+PYTHON_OF_IMAGE = ('p=$(sed -n "1s/^#!//p" "$(command -v jupyterhub-singleuser)" 2>/dev/null); '
+                   'exec ${p:-python3} -c "$1"')
+EXEC_ENTRY = ["/bin/sh", "-c", PYTHON_OF_IMAGE, "booklab-exec", EXEC_CODE]
 
 # what no notebook container may do, whatever its image or job says
 HARDENING: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
@@ -126,19 +153,24 @@ class Launcher:
 
     async def start(self, job: dict[str, str], image: str, cmd: list[str],
                     env: dict[str, str], network: str, notebook_port: int,
-                    user_id: int, content: str | None = None) -> tuple[str, str]:
+                    user_id: int, content: str | None = None,
+                    secret_env: dict[str, str] | None = None) -> tuple[str, str]:
         """Run the notebook container; return (container id, URL the hub can reach).
 
-        ``content``: a tar file (see :func:`pack`) copied into the repository
-        directory before the notebook starts.
+        ``env`` is the job's public environment (in the container's config, as
+        ``docker inspect`` shows it); ``secret_env`` reaches only the server's process,
+        through stdin (see the module's doc). ``content``: a tar file (see :func:`pack`)
+        copied into the repository directory before the notebook starts.
         """
         network, port, bind_ip, ports = await self.placement(network, notebook_port)
         prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+        public = {**env, "JUPYTERHUB_SERVICE_URL": f"http://{bind_ip}:{port}{prefix}"}
+        line = json.dumps({"env": {**public, **(secret_env or {})},
+                           "argv": [*cmd, f"--ip={bind_ip}", f"--port={port}"]})
         kwargs: dict[str, Any] = dict(
-            image=image, command=[*cmd, f"--ip={bind_ip}", f"--port={port}"],
+            image=image, command=EXEC_ENTRY, stdin_open=True,
             name=f"booklab-{job['id']}", detach=True, labels=self.labels(job),
-            user=str(user_id), network_mode=network, ports=ports,
-            environment={**env, "JUPYTERHUB_SERVICE_URL": f"http://{bind_ip}:{port}{prefix}"},
+            user=str(user_id), network_mode=network, ports=ports, environment=public,
             **limits(job, self.policy), **devices(job), **HARDENING,
         )
         try:
@@ -146,6 +178,7 @@ class Launcher:
             if content:
                 await self.put_content(container, content)
             await self._run(container.start)
+            await self._run(send_line, self.client, container.id, line.encode() + b"\n")
         except (APIError, ImageNotFound) as e:
             raise LaunchFailed(f"Docker refused to start the notebook: {_explain(e)}") from None
         return container.id, await self.url_of(container, network, port)
@@ -310,6 +343,15 @@ class Launcher:
             if e.status_code == 409:
                 return False
             raise
+
+
+def send_line(client: Any, container_id: str, data: bytes) -> None:
+    """Write ``data`` to a running container's stdin (Docker's attach socket)."""
+    sock = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+    try:
+        getattr(sock, "_sock", sock).sendall(data)
+    finally:
+        sock.close()
 
 
 def bound_job(name: str, labels: dict[str, str]) -> str:

@@ -17,6 +17,11 @@ No death is missed:
 - after every (re)subscription the status of every pending container is
   checked again, for a gap longer than Docker's event buffer.
 
+Several may wait for one container (the warm pool and then the job's worker,
+the readiness check and the exit watch): they share one future, each awaits
+it shielded, and it is forgotten when the last of them leaves, so a waiter
+that is cancelled never ends another's wait.
+
 Replayed or repeated events are harmless: resolving a resolved future, or one
 nobody waits for, does nothing.
 """
@@ -48,6 +53,7 @@ class ExitWatcher:
         self.filters = {"type": "container", "event": ["die"], "label": [label]}
         self._status = status
         self._waiters: dict[str, asyncio.Future[int | None]] = {}
+        self._count: dict[str, int] = {}  # container id -> its waiters (one future for all)
         self._checks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -79,12 +85,17 @@ class ExitWatcher:
         fut = self._waiters.get(container_id)
         if fut is None:
             fut = self._waiters[container_id] = self._loop.create_future()
+        self._count[container_id] = self._count.get(container_id, 0) + 1
         try:
             await self._recheck(container_id)  # it may have died before we listened
-            return await fut
+            # shielded: a waiter that is cancelled leaves the others waiting
+            return await asyncio.shield(fut)
         finally:
-            if self._waiters.get(container_id) is fut:
-                del self._waiters[container_id]
+            self._count[container_id] -= 1
+            if not self._count[container_id]:
+                del self._count[container_id]
+                if self._waiters.get(container_id) is fut:
+                    del self._waiters[container_id]
 
     async def close(self) -> None:
         """End the thread (closing the stream wakes it); waiters still pending are

@@ -35,6 +35,13 @@ class ImageCache:
         """Record that ``image`` was just built or launched."""
         await self.redis.hset(self.key, image, str(time.time()))
 
+    async def latest(self, repo: str) -> str | None:
+        """The image of ``repo`` (see ``imagekey.image_repo``) launched last here."""
+        launched = await self.redis.hgetall(self.key)
+        mine = [(float(t), image) for image, t in launched.items()
+                if image.startswith(repo + ":") and _is_time(t)]
+        return max(mine)[1] if mine else None
+
     async def evict(self, prefix: str) -> list[str]:
         """Remove least-recently-launched images until the total fits the budget."""
         present = await self.launcher.images_with_prefix(prefix)
@@ -61,3 +68,11 @@ class ImageCache:
             removed.append(image)
         self.held = sorted(set(self.held) - set(removed))
         return removed
+
+
+def _is_time(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True

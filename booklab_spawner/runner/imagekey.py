@@ -228,10 +228,15 @@ def image_name(prefix: str, project_id: str, project_path: str, env_hash: str,
     unguessable after it without the runner token: a build cannot name another
     project's image, and two projects never share one.
     """
+    mac = hmac.new(key, f"{project_id}\0{env_hash}".encode(), hashlib.sha256).hexdigest()
+    return f"{image_repo(prefix, project_id, project_path)}:env-{mac[:32]}"
+
+
+def image_repo(prefix: str, project_id: str, project_path: str) -> str:
+    """The part of a project's image names before the colon (one per project)."""
     slug = re.sub(r"[^a-z0-9]+", "-", project_path.lower()).strip("-")[:60] or "project"
     pid = re.sub(r"[^0-9a-z]", "", str(project_id).lower())[:20] or "0"
-    mac = hmac.new(key, f"{project_id}\0{env_hash}".encode(), hashlib.sha256).hexdigest()
-    return f"{prefix}{pid}-{slug}:env-{mac[:32]}"
+    return f"{prefix}{pid}-{slug}"
 
 
 def image_key(image: str) -> str:

@@ -5,7 +5,9 @@ in a process group of its own and kills that group (repo2docker and the
 ``docker buildx build`` it runs, which makes BuildKit cancel the build) when
 it gets SIGTERM, or when the runner that started it dies: Linux delivers
 SIGTERM then through ``PR_SET_PDEATHSIG``. A runner killed with SIGKILL
-therefore leaves no orphan build behind.
+therefore leaves no orphan build behind. When repo2docker exits, whatever is
+left of its group is killed too, so that nothing keeps the build's output pipe
+(which the runner reads to its end) open.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return proc.wait()
+    code = proc.wait()
+    # nothing of a finished build lives on: a leftover of its group would hold the
+    # output pipe open, and the runner reads the build's log until that pipe ends
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return code
 
 
 if __name__ == "__main__":

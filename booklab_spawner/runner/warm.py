@@ -25,6 +25,14 @@ pool) and removed with its job; before binding it holds no token, no user's
 name and no repository content beyond its image. Nothing it prints is trusted:
 its ready line only tells the admin page it is warm.
 
+**Prestart.** A job that has just been claimed may *reserve* one
+(:meth:`WarmPool.prestart`): the pool creates it from the image the project's
+last launch on this runner used, while the job fetches; the job binds it if its
+commit needs that image, else gives it back to the pool (:meth:`release`), where
+it is an ordinary warm container, kept or removed by the sizing rules. A reserved
+container is the job's own slot: no other launch takes it, and the sizing rules
+leave it alone.
+
 **Sizing.** See :meth:`WarmPool._fit` and docs/runner.md.
 """
 
@@ -42,7 +50,7 @@ from typing import Any
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from ..exceptions import LaunchFailed
-from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits
+from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits, send_line
 
 log = logging.getLogger(__name__)
 REFIT = 5.0  # seconds between fits of the pool when nothing woke it
@@ -114,6 +122,7 @@ class Warm:
     url: str
     created: float = field(default_factory=time.time)
     ready: bool = False
+    reserved: str = ""  # the job it was prestarted for, until that job takes or releases it
     watch: asyncio.Task | None = None
 
 
@@ -132,7 +141,8 @@ class WarmPool:
         self.warm: dict[str, Warm] = {}
         self.unwarmable: set[str] = set()  # images whose warm container cannot work
         self._wake = asyncio.Event()
-        self._creating = 0
+        self._creating = 0  # unreserved containers being created
+        self._prestarts: dict[str, asyncio.Task] = {}  # job id -> its reserved creation
 
     # -- what the runner and its workers call ---------------------------------------
     def configure(self, size: int, ttl: int) -> None:
@@ -153,12 +163,33 @@ class WarmPool:
     def wake(self) -> None:
         self._wake.set()
 
-    async def take(self, recipe: Recipe) -> Warm | None:
-        """A warm container of ``recipe``, now out of the pool (used once), if any."""
-        found = [w for w in self.warm.values() if w.recipe == recipe]
+    def prestart(self, job_id: str, recipe: Recipe) -> None:
+        """Reserve a warm container of ``recipe`` for ``job_id``: a free one if there is
+        one, else one created now (in the background: the job goes on fetching)."""
+        if job_id in self._prestarts or self._reserved_by(job_id):
+            return
+        free = [w for w in self.warm.values() if w.recipe == recipe and not w.reserved]
+        if free:
+            max(free, key=lambda w: (w.ready, -w.created)).reserved = job_id
+            return
+        self._prestarts[job_id] = asyncio.create_task(self._create(recipe, reserved=job_id))
+
+    async def take(self, recipe: Recipe, job_id: str = "") -> Warm | None:
+        """A warm container of ``recipe``, now out of the pool (used once), if any: the
+        one reserved for ``job_id`` first (its creation awaited), else a free one."""
+        creating = self._prestarts.pop(job_id, None) if job_id else None
+        if creating is not None:
+            await asyncio.gather(creating, return_exceptions=True)
+        mine = self._reserved_by(job_id) if job_id else []
+        found = [w for w in mine if w.recipe == recipe] or [
+            w for w in self.warm.values() if w.recipe == recipe and not w.reserved]
+        for w in mine:
+            if w not in found:
+                w.reserved = ""  # the commit needs another image: the pool's now
         if not found:
+            self.wake()
             return None
-        warm = max(found, key=lambda w: (w.ready, -w.created))
+        warm = max(found, key=lambda w: (w.reserved == job_id, w.ready, -w.created))
         del self.warm[warm.container_id]
         if warm.watch is not None:  # its exits are the job's worker's now: the pool's
             warm.watch.cancel()     # wait on them must be over before the worker's starts
@@ -166,9 +197,24 @@ class WarmPool:
         self.wake()
         return warm
 
+    def release(self, job_id: str) -> None:
+        """``job_id`` is over (or starts without it): its reservation goes to the pool."""
+        creating = self._prestarts.pop(job_id, None)
+        if creating is not None:
+            creating.add_done_callback(lambda _: self.release(job_id))
+        for w in self._reserved_by(job_id):
+            w.reserved = ""
+            self.wake()
+
+    def _reserved_by(self, job_id: str) -> list[Warm]:
+        return [w for w in self.warm.values() if w.reserved == job_id]
+
+    def _free(self) -> list[Warm]:
+        return [w for w in self.warm.values() if not w.reserved]
+
     async def make_room(self) -> None:
         """A cold start needs a slot: remove warm containers until one is free."""
-        while self.warm and len(self.warm) + self.holding() + 1 > self.slots:
+        while self._free() and len(self.warm) + self.holding() + 1 > self.slots:
             await self._discard(self._oldest(), "a launch of another image needs its slot")
 
     def counts(self) -> dict[str, int]:
@@ -194,7 +240,7 @@ class WarmPool:
             await launcher.call(container.rename, f"booklab-{job['id']}")
             if content:
                 await launcher.put_content(container, content)
-            await launcher.call(_send_line, launcher.client, warm.container_id,
+            await launcher.call(send_line, launcher.client, warm.container_id,
                                 json.dumps(payload).encode() + b"\n")
         except (APIError, NotFound) as e:
             raise LaunchFailed("Docker refused to hand the warm notebook container over: "
@@ -229,6 +275,7 @@ class WarmPool:
 
     async def close(self) -> None:
         """Remove every unbound warm container (runner shutdown)."""
+        await asyncio.gather(*self._prestarts.values(), return_exceptions=True)
         for warm in list(self.warm.values()):
             await self._discard(warm, "the runner is stopping")
 
@@ -245,28 +292,30 @@ class WarmPool:
         for recipe, at in list(self.recent.items()):
             if now - at >= self.ttl or recipe.image in self.unwarmable:
                 del self.recent[recipe]
-        for warm in list(self.warm.values()):
+        for warm in self._free():
             if warm.recipe not in self.recent:
                 await self._discard(warm, "unused for its time to live (warm_ttl)")
-        keep = min(self.size, self.slots - self.holding())
-        while len(self.warm) > max(keep, 0):
+        # a reserved container is its job's slot (that job is busy, not yet holding)
+        reserved = len(self.warm) - len(self._free())
+        keep = min(self.size, self.slots - self.holding() - reserved)
+        while len(self._free()) > max(keep, 0):
             await self._discard(self._oldest(), "its slot is needed")
-        room = min(self.size, self.slots - self.busy()) - len(self.warm) - self._creating
-        log.debug("warm pool: %d warm, %d creating, %d busy of %d slots, %d recent: room %d",
-                  len(self.warm), self._creating, self.busy(), self.slots, len(self.recent),
-                  room)
-        have = {w.recipe for w in self.warm.values()}
+        room = min(self.size, self.slots - self.busy()) - len(self._free()) - self._creating
+        log.debug("warm pool: %d warm (%d reserved), %d creating, %d busy of %d slots, "
+                  "%d recent: room %d", len(self.warm), reserved, self._creating,
+                  self.busy(), self.slots, len(self.recent), room)
+        have = {w.recipe for w in self._free()}
         wanted = sorted((r for r in self.recent if r not in have),
                         key=lambda r: self.recent[r], reverse=True)
         for recipe in wanted[:max(room, 0)]:
             await self._create(recipe)
 
     def _oldest(self) -> Warm:
-        return min(self.warm.values(), key=lambda w: self.recent.get(w.recipe, 0))
+        return min(self._free(), key=lambda w: self.recent.get(w.recipe, 0))
 
-    async def _create(self, recipe: Recipe) -> None:
+    async def _create(self, recipe: Recipe, reserved: str = "") -> None:
         launcher = self.launcher
-        self._creating += 1
+        self._creating += 0 if reserved else 1
         try:
             if await self._runs_a_start_script(recipe.image):
                 return
@@ -287,12 +336,18 @@ class WarmPool:
         except ImageNotFound:  # evicted meanwhile
             self.recent.pop(recipe, None)
             return
+        except Exception as e:
+            if not reserved:
+                raise
+            log.warning("prestart for job %s failed: %s", reserved, e)  # it starts cold
+            return
         finally:
-            self._creating -= 1
-        warm = Warm(container.id, recipe, network, port, bind_ip, url)
+            self._creating -= 0 if reserved else 1
+        warm = Warm(container.id, recipe, network, port, bind_ip, url, reserved=reserved)
         self.warm[container.id] = warm
         warm.watch = asyncio.create_task(self._watch(warm))
-        log.info("warm container %s for %s", container.id[:12], recipe.image)
+        log.info("warm container %s for %s%s", container.id[:12], recipe.image,
+                 f", prestarted for job {reserved}" if reserved else "")
         await self.changed()
 
     async def _runs_a_start_script(self, image: str) -> bool:
@@ -332,15 +387,6 @@ class WarmPool:
                  warm.recipe.image, why)
         await self.launcher.remove(warm.container_id, grace=0)
         await self.changed()
-
-
-def _send_line(client: Any, container_id: str, data: bytes) -> None:
-    """Write ``data`` to a running container's stdin (Docker's attach socket)."""
-    sock = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-    try:
-        getattr(sock, "_sock", sock).sendall(data)
-    finally:
-        sock.close()
 
 
 def _wait_line(client: Any, container_id: str, line: bytes) -> bool:

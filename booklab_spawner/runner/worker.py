@@ -108,6 +108,8 @@ class JobWorker:
             await self._fail(f"Internal error on runner {self.runner.runner_id}; "
                              "the runner's own log has the details")
         finally:
+            if self.runner.warm is not None:
+                self.runner.warm.release(self.job_id)
             await self.store.release(self.runner.runner_id, self.job_id)
 
     # -- the pipeline -----------------------------------------------------------
@@ -150,6 +152,7 @@ class JobWorker:
         job = await self.store.get(self.job_id)
         secrets = await self._secrets()
         conf = await self.runner.conf()
+        await self._prestart(job, conf)
         workdir = tempfile.mkdtemp(prefix="booklab-job-", dir=self.runner.work_dir)
         try:
             checkout = os.path.join(workdir, "repo")
@@ -172,6 +175,29 @@ class JobWorker:
         if self.recipe is not None and self.runner.warm is not None:
             self.runner.warm.launched(self.recipe)
         await self._watch()
+
+    async def _prestart(self, job: dict[str, str], conf: RunnerConf) -> None:
+        """Have a container started while the fetch runs, from the image the project's
+        last launch here used (the commit may need another: then it goes to the pool)."""
+        pool = self.runner.warm
+        if pool is None or not conf.prestart:
+            return
+        try:
+            self.runner.signer.check_job(job)
+            guess = await self.runner.images.latest(imagekey.image_repo(
+                conf.image_prefix, job["project_id"], job["project"]))
+            if not guess or not await self.runner.launcher.image_exists(guess):
+                return
+            recipe = pool.recipe(job, guess, self._cmd(job), conf.network,
+                                 conf.notebook_port, conf.user_id)
+        except BooklabError:
+            return  # the pipeline says what is wrong with the job
+        if recipe is not None:
+            pool.prestart(self.job_id, recipe)
+
+    @staticmethod
+    def _cmd(job: dict[str, str]) -> list[str]:
+        return json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
 
     async def _fetch(self, job: dict[str, str], clone: dict[str, str], conf: RunnerConf,
                      checkout: str) -> None:
@@ -260,26 +286,30 @@ class JobWorker:
 
     async def _start(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
                      content: str) -> None:
-        env = {**json.loads(job.get("env") or "{}"), **(secrets.get("env") or {})}
-        cmd = json.loads(job.get("cmd") or '["jupyterhub-singleuser"]')
+        public = json.loads(job.get("env") or "{}")
+        secret = secrets.get("env") or {}
+        env = {**public, **secret}
+        cmd = self._cmd(job)
         args = json.loads(job.get("args") or "[]")
         pool = self.runner.warm
         if pool is not None:
             self.recipe = pool.recipe(job, self.image, cmd, conf.network, conf.notebook_port,
                                       conf.user_id)
-            warm = await pool.take(self.recipe) if self.recipe else None
+            warm = await pool.take(self.recipe, self.job_id) if self.recipe else None
+            pool.release(self.job_id)  # a reservation of another image: the pool's now
             if warm is not None:
                 self.container_id = warm.container_id  # from now on a stop removes it
                 age = time.time() - warm.created
+                started = ("started while fetching" if warm.reserved == self.job_id else
+                           f"started {age:.0f} s before this launch")
                 await self.say(f"Binding warm notebook container {warm.container_id[:12]} "
-                               f"(started {age:.0f} s before this launch"
-                               f"{', server imports done' if warm.ready else ''})")
+                               f"({started}{', server imports done' if warm.ready else ''})")
                 self.container_id, self._url = await pool.bind(warm, job, env, args, content)
                 return
             await pool.make_room()
         self.container_id, self._url = await self.runner.launcher.start(
-            job, self.image, cmd + args, env, conf.network, conf.notebook_port, conf.user_id,
-            content=content)
+            job, self.image, cmd + args, public, conf.network, conf.notebook_port, conf.user_id,
+            content=content, secret_env=secret)
 
     async def _adopted(self) -> None:
         try:
