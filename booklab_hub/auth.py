@@ -175,6 +175,16 @@ class BooklabGitLabAuthenticator(GitLabOAuthenticator):
         return await self._member_of_any("groups", self.allowed_gitlab_groups, user_id,
                                          access_token, min_level=1)
 
+    async def member_of_groups(self, user, paths) -> bool:
+        """Whether ``user`` is a member (inherited included) of any GitLab group of
+        ``paths``, asked of GitLab with their own token (launch profiles' ``groups``)."""
+        token = await self.fresh_token(user)
+        auth_state = await user.get_auth_state() or {}
+        user_id = (auth_state.get(self.user_auth_state_key) or {}).get("id")
+        if not token or user_id is None:
+            return False
+        return await self._member_of_any("groups", paths, user_id, token, min_level=1)
+
     async def _member_of_any(self, kind: str, paths, user_id: int, access_token: str,
                              min_level: int) -> bool:
         """Whether the user is a member (inherited included) of any of ``paths``."""

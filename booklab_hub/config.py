@@ -21,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from booklab_hub import TEMPLATE_DIR
 from booklab_spawner import acl
+from booklab_spawner import profiles as profmod
 from booklab_spawner.crypto import MIN_TOKEN_LENGTH
 from booklab_spawner.keys import Keys
 from booklab_spawner.redis_client import DEFAULT_URL as DEFAULT_REDIS_URL
@@ -84,6 +85,14 @@ def _prefix(v: str) -> str | None:
 
 def _choice(*options: str) -> Callable[[str], str | None]:
     return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _profiles(v: Any) -> str | None:
+    try:
+        profmod.parse(v)
+    except ValueError as e:
+        return f"is not valid: {e}"
+    return None
 
 
 def _positive(v: float) -> str | None:
@@ -271,6 +280,19 @@ SETTINGS: list[Setting] = [
     Setting("save.max_files", int, 2000, "Most files and folders one save lists on a "
             "server; a server with more cannot be saved (nothing is committed).",
             check=_positive),
+    Setting("profiles", object, [], "Launch profiles the picker and launch links offer "
+            "(`?profile=gpu`), and the REST API takes as user_options.profile: a list of "
+            "mappings with `name` (1-30 of a-z 0-9 -, starting with a letter), "
+            "`description`, `labels` (runner labels it needs, e.g. {gpu: a100}; runners "
+            "declare them with --label, docs/runner.md), `mem_limit` (e.g. 16G) and "
+            "`cpu_limit` (e.g. 4; empty: runners.mem_limit/cpu_limit), `gpus` (a count or "
+            "all: Docker device requests), `groups` (GitLab groups whose members may use "
+            "it; empty: everybody) and `max_per_user` (servers of it one person may run at "
+            "once; 0: no limit). A launch that names none gets `default` (no label: any "
+            "runner), which a profile of that name replaces. A launch is refused, saying "
+            "why, for an unknown profile, one the person's groups do not allow, or one no "
+            "live runner's labels satisfy. Each profile has its own queue, served "
+            "round-robin across users.", check=_profiles),
 ]
 
 
@@ -369,6 +391,8 @@ def _value(s: Setting, flat: dict[str, Any], environ: dict[str, str], path: str)
 
 
 def _coerce(kind: type, value: Any) -> Any:
+    if kind is object:  # structured (profiles): its check says what is wrong
+        return value
     if kind is bool:
         if isinstance(value, str):
             return value.strip().lower() in ("1", "true", "yes", "on")
@@ -457,6 +481,7 @@ def apply(c: Any, s: dict[str, Any]) -> None:
 
         sp.autosave_hook = autosave
         sp.autosave_timeout = s["save.autosave_timeout"]
+    sp.profiles = s["profiles"]
     _apply_proxy(c, s)
 
 

@@ -73,6 +73,8 @@ def setuser_args(user: str, password: str, keys: Keys) -> list[str]:
 def _must(keys: Keys) -> list[list[str]]:
     p = keys.prefix
     return [["BLMOVE", keys.queue, f"{p}claimed:probe", "RIGHT", "LEFT", "1"],
+            ["LMOVE", keys.queue_of("probe"), f"{p}claimed:probe", "RIGHT", "LEFT"],
+            ["HSET", keys.fair("probe"), "round", "1"], ["BLPOP", keys.wake("probe"), "1"],
             ["HSET", f"{p}job:probe", "state", "x"], ["HGETALL", keys.conf],
             ["XADD", f"{p}log:probe", "*", "m", "x"]]
 

@@ -44,6 +44,9 @@ BOUND_FIELDS = ("user", "server_name", "project_id", "sha", "clone_url", "ssh_ur
 SIGNED_JOB_FIELDS = ("id", "user", "server_name", "project", "project_id", "ref", "sha",
                      "clone_url", "ssh_url", "clone_method", "cmd", "args", "env",
                      "mem_limit", "cpu_limit")
+# signed when not empty (a record written before launch profiles keeps its signature;
+# removing one from a record that had it breaks the signature as changing it does)
+SIGNED_JOB_EXTRAS = ("profile", "labels", "gpus")
 
 
 def check_runner_token(token: str) -> str:
@@ -97,17 +100,23 @@ class Signer:
 
     # -- the three things that are signed -------------------------------------------
     def sign_job(self, record: Mapping[str, str]) -> str:
-        return self.sign("job", {k: record.get(k, "") for k in SIGNED_JOB_FIELDS})
+        return self.sign("job", _signed_job(record))
 
     def check_job(self, record: Mapping[str, str]) -> None:
-        self.check("job", {k: record.get(k, "") for k in SIGNED_JOB_FIELDS},
-                   record.get("sig"), f"job {record.get('id', '?')}")
+        self.check("job", _signed_job(record), record.get("sig"),
+                   f"job {record.get('id', '?')}")
 
     def sign_url(self, job_id: str, runner_id: str, url: str) -> str:
         return self.sign("url", {"job": job_id, "runner": runner_id, "url": url})
 
     def url_is_signed(self, job_id: str, runner_id: str, url: str, signature: str) -> bool:
         return self.valid("url", {"job": job_id, "runner": runner_id, "url": url}, signature)
+
+
+def _signed_job(record: Mapping[str, str]) -> dict[str, str]:
+    fields = {k: record.get(k, "") for k in SIGNED_JOB_FIELDS}
+    fields.update({k: record[k] for k in SIGNED_JOB_EXTRAS if record.get(k)})
+    return fields
 
 
 class SecretBox:

@@ -32,10 +32,15 @@ class JobRequest:
     deploy_key_id: str = ""
     mem_limit: str = ""
     cpu_limit: str = ""
+    profile: str = ""  # the launch profile ("": the default one)
+    labels: dict[str, str] = field(default_factory=dict)  # runner labels it needs
+    gpus: str = ""  # GPUs to hand to the container: "", a count, or "all"
 
     def record(self, job_id: str, signer: Signer) -> dict[str, str]:
         """The job record as Redis stores it, signed with the runner token."""
         record = {**encode_fields(asdict(self)), "id": job_id}
+        if not self.labels:
+            record["labels"] = ""  # signed only when not empty (crypto.SIGNED_JOB_EXTRAS)
         record["sig"] = signer.sign_job(record)
         return record
 

@@ -26,6 +26,7 @@ watcher of the log sees every state change in order with the log lines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -37,8 +38,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .exceptions import InvalidTransition, JobNotFound
-from .jobscripts import NOTE_LUA, REAP_LUA, TRANSITION_LUA
-from .keys import Keys
+from .jobscripts import (
+    CLAIM_LUA,
+    ENQUEUE_LUA,
+    FRONT_LUA,
+    NOTE_LUA,
+    REAP_LUA,
+    TRANSITION_LUA,
+    UNQUEUE_LUA,
+)
+from .keys import DEFAULT_PROFILE, Keys
 
 
 class State(str, Enum):
@@ -148,22 +157,30 @@ class JobStore:
         self._transition = redis.register_script(TRANSITION_LUA)
         self._reap = redis.register_script(REAP_LUA)
         self._note = redis.register_script(NOTE_LUA)
+        self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._unqueue = redis.register_script(UNQUEUE_LUA)
+        self._front = redis.register_script(FRONT_LUA)
         self._migrated = False  # protocol 2's status hash moved into the index yet?
 
     # -- records ------------------------------------------------------------
     async def create(self, job_id: str, fields: dict[str, Any], secret_blob: str) -> None:
-        """Write a new job record in state ``queued`` plus its encrypted secrets, and queue it."""
+        """Write a new job record in state ``queued`` plus its encrypted secrets, and queue
+        it at its fair place in the queue of its ``profile`` (field; default: the
+        default profile's queue), behind every other user's job of the same round."""
         now = str(time.time())
         record = {k: _encode(v) for k, v in fields.items()}
         record.update(id=job_id, state=QUEUED, created=now, updated=now)
         k = self.keys
+        profile = record.get("profile") or DEFAULT_PROFILE
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.job(job_id), mapping=record)
             pipe.set(k.token(job_id), secret_blob, ex=JOB_TTL)
             pipe.zadd(k.jobs, {job_id: float(now)})
             pipe.xadd(k.log(job_id), _state_entry(QUEUED, "Queued, waiting for a runner", now),
                       maxlen=LOG_MAXLEN, approximate=True)
-            pipe.lpush(k.queue, job_id)
+            await self._enqueue(keys=[k.queue_of(profile), k.fair(profile), k.wake(profile)],
+                                args=[job_id, record.get("user", "")], client=pipe)
             await pipe.execute()
         await self.prune(float(now))  # a batch at a time, so the index never grows
 
@@ -324,43 +341,76 @@ class JobStore:
             await pipe.execute()
 
     # -- queue ----------------------------------------------------------------
-    async def claim(self, runner_id: str, timeout: float) -> str | None:
-        """Block up to ``timeout`` s for a queued job; move it atomically to this runner.
+    async def claim(self, runner_id: str, timeout: float,
+                    profiles: Iterable[str] = (DEFAULT_PROFILE,)) -> str | None:
+        """Block up to ``timeout`` s for a job queued for one of ``profiles`` (in order
+        of preference); move it atomically to this runner's claimed list.
 
-        BLMOVE makes the hand-over atomic: a job id is in exactly one list at
-        any time, so no job is claimed twice and none is lost.
-        """
-        return await self.redis.blmove(self.keys.queue, self.keys.claimed(runner_id),
-                                       timeout, "RIGHT", "LEFT")
+        The claim script moves the id with LMOVE: a job id is in exactly one list at
+        any time, so no job is claimed twice and none is lost. With nothing to claim
+        the runner blocks (BLPOP) on the profiles' wake-up tokens, which the hub
+        pushes with every job; the script keeps one token per non-empty queue, so a
+        token taken by a runner that then claimed another profile's job wakes the
+        next runner (no polling, no lost wake-up)."""
+        names = list(dict.fromkeys(profiles))
+        if not names:  # a runner whose labels satisfy no profile: nothing to wait on
+            await asyncio.sleep(timeout)
+            return None
+        k = self.keys
+        script_keys = [k.claimed(runner_id)]
+        for name in names:
+            script_keys += [k.queue_of(name), k.fair(name), k.wake(name)]
+        wakes = [k.wake(name) for name in names]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            job_id = await self._claim(keys=script_keys, args=[])
+            left = deadline - loop.time()
+            if job_id or left <= 0:
+                return job_id or None
+            await self.redis.blpop(wakes, timeout=max(left, 0.01))
+
+    async def profile_of(self, job_id: str) -> str:
+        """The launch profile of a job (the default one when it names none)."""
+        return await self.redis.hget(self.keys.job(job_id), "profile") or DEFAULT_PROFILE
 
     async def release(self, runner_id: str, job_id: str) -> None:
         """Drop a job from a runner's claimed list (finished, or handed back)."""
         await self.redis.lrem(self.keys.claimed(runner_id), 0, job_id)
 
     async def requeue(self, runner_id: str, job_id: str, message: str) -> None:
-        """Hand a claimed job back to the front of the queue."""
+        """Hand a claimed job back to the front of its queue."""
         await self.transition(job_id, QUEUED, message, runner="")
+        profile = await self.profile_of(job_id)
+        k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.keys.claimed(runner_id), 0, job_id)
-            pipe.rpush(self.keys.queue, job_id)  # RIGHT end is claimed next
+            pipe.lrem(k.claimed(runner_id), 0, job_id)
+            await self._front(keys=[k.queue_of(profile), k.wake(profile)], args=[job_id],
+                              client=pipe)  # RIGHT end is claimed next
             await pipe.execute()
 
     async def unqueue(self, job_id: str) -> None:
-        """Take a job id out of the queue list (its state is the caller's business)."""
-        await self.redis.lrem(self.keys.queue, 0, job_id)
+        """Take a job id out of its queue (its state is the caller's business)."""
+        profile = await self.profile_of(job_id)
+        await self._unqueue(keys=[self.keys.queue_of(profile), self.keys.fair(profile)],
+                            args=[job_id])
 
-    async def queued(self) -> list[str]:
-        """The queued job ids, the one claimed next first."""
-        return list(reversed(await self.redis.lrange(self.keys.queue, 0, -1)))
+    async def queued(self, profile: str = DEFAULT_PROFILE) -> list[str]:
+        """The job ids queued for ``profile``, the one claimed next first."""
+        return list(reversed(await self.redis.lrange(self.keys.queue_of(profile), 0, -1)))
 
     async def claimed_by(self, runner_id: str) -> list[str]:
         """The job ids in ``runner_id``'s claimed list."""
         return await self.redis.lrange(self.keys.claimed(runner_id), 0, -1)
 
     async def queue_position(self, job_id: str) -> int | None:
-        """1 for the job that is claimed next, None if not queued."""
-        length = await self.redis.llen(self.keys.queue)
-        pos = await self.redis.lpos(self.keys.queue, job_id)
+        """1 for the job that is claimed next in its profile's queue, None if not queued.
+        Fair share decides the order, so this is the place a runner reaches it at."""
+        queue = self.keys.queue_of(await self.profile_of(job_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.llen(queue)
+            pipe.lpos(queue, job_id)
+            length, pos = await pipe.execute()
         return None if pos is None else length - pos
 
     async def cancel_queued(self, job_id: str) -> bool:
@@ -377,11 +427,14 @@ class JobStore:
         await self.unqueue(job_id)
         return True
 
-    async def announce_positions(self, limit: int = 20) -> None:
-        """Tell the next ``limit`` queued jobs where they stand (a log line each)."""
-        waiting = await self.redis.lrange(self.keys.queue, -limit, -1)
-        for position, job_id in enumerate(reversed(waiting), start=1):
-            await self.log(job_id, f"Position in the queue: {position}", QUEUED)
+    async def announce_positions(self, limit: int = 20,
+                                 profiles: Iterable[str] = (DEFAULT_PROFILE,)) -> None:
+        """Tell the next ``limit`` queued jobs of each profile where they stand (a log
+        line each)."""
+        for profile in dict.fromkeys(profiles):
+            waiting = await self.redis.lrange(self.keys.queue_of(profile), -limit, -1)
+            for position, job_id in enumerate(reversed(waiting), start=1):
+                await self.log(job_id, f"Position in the queue: {position}", QUEUED)
 
     async def reap(self, runner_id: str, job_id: str, message: str, mode: str = "requeue",
                    require_dead: bool = True) -> str:
@@ -393,9 +446,10 @@ class JobStore:
         state when it was left alone (a running job, with mode "requeue").
         """
         k = self.keys
+        profile = await self.profile_of(job_id)
         result = await self._reap(
             keys=[k.heartbeat(runner_id), k.claimed(runner_id), k.job(job_id), k.jobs,
-                  k.log(job_id), k.queue],
+                  k.log(job_id), k.queue_of(profile), k.wake(profile)],
             args=[job_id, str(time.time()), message, LOG_MAXLEN, runner_id, mode,
                   "1" if require_dead else "0", _LUA_STATES])
         if result == "failed":

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "booklab:"
+DEFAULT_PROFILE = "default"  # the launch profile of a launch that names none
 
 # ids we generate ourselves; validated so that a key can never be built from
 # something that contains a separator or whitespace.
@@ -86,6 +87,25 @@ class Keys:
         """LIST of queued job ids; LPUSH by the hub, BLMOVE by runners."""
         return f"{self.prefix}queue"
 
+    def queue_of(self, profile: str) -> str:
+        """LIST of the queued job ids of one launch profile, in the order runners claim
+        them (right end next): :attr:`queue` for the ``default`` profile,
+        ``queue:<profile>`` for the others. The hub inserts each job at its fair place
+        (``fair:<profile>``); runners take them with the claim script."""
+        if profile == DEFAULT_PROFILE:
+            return self.queue
+        return f"{self.prefix}queue:{check_id('profile', profile)}"
+
+    def fair(self, profile: str) -> str:
+        """HASH of one profile queue's fair share: ``round`` (the highest round claimed
+        so far), and per queued job ``j:<job>`` (its round) and ``u:<job>`` (its user)."""
+        return f"{self.prefix}fair:{check_id('profile', profile)}"
+
+    def wake(self, profile: str) -> str:
+        """LIST holding at most one wake-up token while ``queue_of(profile)`` may hold
+        jobs: idle runners block on the tokens of the profiles they serve (BLPOP)."""
+        return f"{self.prefix}wake:{check_id('profile', profile)}"
+
     @property
     def jobs(self) -> str:
         """ZSET ``job id -> time of its last state change``: the index of jobs, newest
@@ -138,7 +158,8 @@ class Keys:
             f"{p}conf": "R",
             f"{p}runners": "RW", f"{p}heartbeat:*": "RW", f"{p}runner:*": "RW",
             f"{p}claimed:*": "RW", f"{p}commands:*": "RW", f"{p}images:*": "RW",
-            f"{p}build_lock:*": "RW", f"{p}queue": "RW", f"{p}jobs": "RW",
+            f"{p}build_lock:*": "RW", f"{p}queue": "RW", f"{p}queue:*": "RW",
+            f"{p}fair:*": "RW", f"{p}wake:*": "RW", f"{p}jobs": "RW",
             f"{p}job:*": "RW", f"{p}log:*": "RW", f"{p}token:*": "RW",
             f"{p}git_grant:*": "RW",
         }

@@ -8,6 +8,7 @@ runner whose heartbeat key is gone is dead, whatever its record says.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -83,3 +84,24 @@ async def alive_runners(redis: aioredis.Redis, keys: Keys) -> list[str]:
         return []
     flags = await redis.mget([keys.heartbeat(i) for i in ids])
     return [i for i, f in zip(ids, flags, strict=True) if f is not None]
+
+
+async def alive_labels(redis: aioredis.Redis, keys: Keys) -> dict[str, dict[str, str]]:
+    """``runner id -> labels`` of the live runners (a record without readable labels
+    offers none)."""
+    ids = await alive_runners(redis, keys)
+    if not ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for runner_id in ids:
+            pipe.hget(keys.runner(runner_id), "labels")
+        raw = await pipe.execute()
+    out: dict[str, dict[str, str]] = {}
+    for runner_id, text in zip(ids, raw, strict=True):
+        try:
+            labels = json.loads(text or "{}")
+        except ValueError:
+            labels = {}
+        out[runner_id] = ({str(k): str(v) for k, v in labels.items()}
+                          if isinstance(labels, dict) else {})
+    return out

@@ -13,7 +13,7 @@ A runner's own ``--gitlab-url``/``--hub-url`` win over these anyway.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,6 +41,9 @@ class RunnerConf:
     warm_servers: int = 1  # warm notebook containers per runner at most (0: none)
     warm_ttl: int = 600  # seconds after an image's last launch its warm container is kept
     prestart: bool = False  # start the container during the fetch, from the project's last image
+    # the launch profiles (profiles.Profile.as_dict): a runner claims from the queues of
+    # those its labels satisfy
+    profiles: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> RunnerConf:
         if self.network not in ("bridge", "host"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import os
 import time
 from collections.abc import Awaitable
@@ -49,8 +50,10 @@ from .jobs import (
     new_job_id,
     start_timeout_message,
 )
-from .keys import DEFAULT_PREFIX, Keys
+from .keys import DEFAULT_PREFIX, DEFAULT_PROFILE, Keys
 from .launch_events import LaunchEvents
+from .profile_choice import NO_RUNNER_ALIVE, ProfileChoice
+from .profiles import Profile
 from .redis_client import default_url, get_redis
 from .registry import alive_runners, is_alive
 
@@ -73,7 +76,8 @@ def _options_checked_in_start(spawner: Spawner, user_options: dict) -> None:
     JupyterHub would log a traceback for an error raised here)."""
 
 
-class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner):
+class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, ProfileChoice,
+                     Spawner):
     """Runs each notebook server on a Booklab runner, from a GitLab repository."""
 
     redis_url = Unicode(
@@ -246,7 +250,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
             image_prefix=self.image_prefix, build_timeout=self.build_timeout,
             container_start_timeout=self.container_start_timeout,
             warm_servers=self.warm_servers, warm_ttl=self.warm_ttl, prestart=self.prestart,
-            **extra,
+            profiles=[p.as_dict() for p in self.launch_profiles], **extra,
         ).validate()
 
     # -- state --------------------------------------------------------------------
@@ -269,14 +273,23 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
     @default("options_form")
     def _default_options_form(self) -> str:
         # the plain form behind /hub/spawn; Booklab's picker pages link here with options
-        return _OPTIONS_FORM
+        profiles = self.launch_profiles
+        if len(profiles) < 2:
+            return _OPTIONS_FORM
+        options = "".join(f'<option value="{p.name}">{html.escape(p.name)}'
+                          f'{" — " + html.escape(p.description) if p.description else ""}'
+                          "</option>" for p in profiles)
+        return (_OPTIONS_FORM + '<label for="booklab-profile">Launch profile</label>\n'
+                f'<select class="form-select" id="booklab-profile" name="profile">{options}'
+                "</select>\n")
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
         return _options_checked_in_start
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
-        return {name: formdata[name][0] for name in ("project", "ref") if formdata.get(name)}
+        return {name: formdata[name][0] for name in ("project", "ref", "profile")
+                if formdata.get(name)}
 
     def options_from_query(self, query_data: dict[str, list[str]]) -> dict[str, str]:
         # /hub/spawn?opt-project=... would launch from a GET, which any other site can
@@ -294,6 +307,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
     # -- start ----------------------------------------------------------------------
     async def start(self) -> str:
         project_path, ref = self._launch_options()
+        profile = await self.choose_profile(self.user_options or {})
         token, scopes = await self._gitlab_token()
         try:
             gitlab = GitLabClient(self.gitlab_url, token)
@@ -303,12 +317,18 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         job_id = new_job_id()
         clone, key_id = await self._clone_credential(gitlab, project, job_id, token, scopes)
         try:
-            await self._create_job(job_id, project, ref, sha, clone, key_id)
+            await self._create_job(job_id, project, ref, sha, clone, key_id, profile)
         except BaseException:
             if key_id:
                 await deploykeys.remove(gitlab, project["id"], key_id)
             raise
         try:
+            why = await self.unserved(profile.name)
+            # it waits, and the person reads why (for the default profile with no runner
+            # alive the picker says so already, and the queue's messages follow)
+            if why and not (profile.name == DEFAULT_PROFILE and why == NO_RUNNER_ALIVE):
+                await self.store.log(job_id, f"Waiting for a runner: {why}; the launch waits "
+                                     f"up to {self.queue_timeout} s", QUEUED)
             return await self._wait_until_running(job_id)
         except Exception:
             # JupyterHub calls stop() only for a server poll() says is running
@@ -332,7 +352,7 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
         return project, sha
 
     async def _create_job(self, job_id: str, project: dict, ref: str, sha: str,
-                          clone: dict, key_id: int | None) -> None:
+                          clone: dict, key_id: int | None, profile: Profile) -> None:
         check_runner_token(self.runner_token)
         signer = Signer(self.runner_token)
         await confmod.publish(get_redis(self.redis_url), self.keys, self.runner_conf(), signer)
@@ -343,7 +363,9 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
             ref=ref, sha=sha, clone_url=project["http_url_to_repo"],
             ssh_url=project.get("ssh_url_to_repo") or "", clone_method=clone["method"],
             deploy_key_id=str(key_id or ""), cmd=list(self.cmd), args=self.get_args(),
-            env=env, mem_limit=str(self.mem_limit or ""), cpu_limit=str(self.cpu_limit or ""))
+            env=env, mem_limit=profile.mem_limit or str(self.mem_limit or ""),
+            cpu_limit=str(profile.cpu_limit or self.cpu_limit or ""),
+            profile=profile.name, labels=profile.labels, gpus=profile.gpus)
         # signed and sealed: runners act only on what the hub wrote (docs/protocol.md)
         record, blob = request.sealed(job_id, self.runner_token,
                                       {"env": secret_env, "clone": clone})
@@ -441,8 +463,10 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Spawner
     async def _time_out(self, job_id: str, phase: str) -> None:
         if phase == "queue":
             alive = await alive_runners(self.store.redis, self.keys)
+            unserved = await self.unserved((await self.store.find(job_id)).get("profile", ""))
             why = ("no runner is alive: ask the hub's operator to start booklab-runner"
-                   if not alive else f"all {len(alive)} runners are busy: try again later")
+                   if not alive else f"{unserved}: ask the hub's operator" if unserved
+                   else f"all {len(alive)} runners are busy: try again later")
             msg = f"No runner took the job within {self.queue_timeout} s — {why}"
         elif phase == "build":
             runner = (await self.store.find(job_id)).get("runner") or "?"

@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from booklab_spawner import acl
+from booklab_spawner.jobscripts import CLAIM_LUA
 from booklab_spawner.keys import Keys
 from tests.services import runner_redis_url
 
@@ -115,6 +116,20 @@ def test_a_runner_does_its_own_work(runner_redis):
     runner.delete(keys.git_grant("j1"))
     runner.rpush(keys.commands("r1"), "{}")
     assert admin.lrange(keys.claimed("r1"), 0, -1) == ["j1"]
+
+
+def test_a_runner_claims_a_profile_job_with_the_claim_script(runner_redis):
+    """The profile queues, fair-share hashes and wake-up tokens are the runner's too."""
+    admin, runner, keys = runner_redis
+    admin.rpush(keys.queue_of("gpu"), "j1")
+    admin.hset(keys.fair("gpu"), mapping={"j:j1": "1", "u:j1": "alice"})
+    admin.rpush(keys.wake("gpu"), "1")
+    assert runner.blpop([keys.wake("gpu")], 1) == (keys.wake("gpu"), "1")
+    claim = runner.register_script(CLAIM_LUA)
+    assert claim(keys=[keys.claimed("r1"), keys.queue_of("gpu"), keys.fair("gpu"),
+                       keys.wake("gpu")]) == "j1"
+    assert admin.lrange(keys.claimed("r1"), 0, -1) == ["j1"]
+    assert admin.hgetall(keys.fair("gpu")) == {"round": "1"}
 
 
 # -- a real hub behind Traefik ---------------------------------------------------

@@ -86,10 +86,14 @@ async def runner_rows(redis, keys) -> list[dict]:
     return rows
 
 
-async def job_rows(store, runner_ids: list[str]) -> list[dict]:
-    """The jobs that are queued or on a runner, however old, and the newest others."""
+async def job_rows(store, runner_ids: list[str], profiles: tuple[str, ...] = ("default",)
+                   ) -> list[dict]:
+    """The jobs that are queued (in any profile's queue) or on a runner, however old,
+    and the newest others; a queued job's position is in its profile's queue."""
     await store.prune()
-    queue = await store.queued()
+    queues = {name: await store.queued(name) for name in profiles}
+    positions = {job_id: i for q in queues.values() for i, job_id in enumerate(q, start=1)}
+    queue = list(positions)
     held = [job_id for runner_id in runner_ids for job_id in await store.claimed_by(runner_id)]
     ids = sorted({*queue, *held, *await store.recent(MAX_JOBS)}, reverse=True)
     now = time.time()
@@ -97,7 +101,7 @@ async def job_rows(store, runner_ids: list[str]) -> list[dict]:
     for job_id, job in zip(ids, await store.find_many(ids), strict=True):
         if not job:
             continue  # expired record; its index entry goes with the next prune
-        position = queue.index(job_id) + 1 if job_id in queue else None
+        position = positions.get(job_id)
         rows.append({**job, "age": _age(job.get("created"), now), "position": position,
                      "cancellable": job.get("state") in (QUEUED, *ACTIVE)})
     return rows
@@ -110,7 +114,8 @@ class AdminHandler(BooklabHandler):
     async def get(self) -> None:
         self.require_admin()
         runners = await runner_rows(self.redis, self.keys)
-        jobs = await job_rows(self.store, [r["id"] for r in runners])
+        jobs = await job_rows(self.store, [r["id"] for r in runners],
+                              tuple(p.name for p in self.booklab.profiles) or ("default",))
         await self.render_page(
             "admin.html", runners=runners, jobs=jobs,
             queued=sum(1 for j in jobs if j.get("state") == QUEUED),

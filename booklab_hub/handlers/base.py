@@ -31,6 +31,7 @@ class PageSettings:
     redis_url: str
     key_prefix: str
     gitlab_url: str
+    profiles: tuple = ()  # the launch profiles (booklab_spawner.profiles.Profile), default first
 
     @classmethod
     def from_app(cls, app) -> PageSettings:
@@ -38,7 +39,7 @@ class PageSettings:
         from the authenticator (as the spawner reads it too)."""
         spawner = BooklabSpawner(config=app.config, authenticator=app.authenticator)
         return cls(redis_url=spawner.redis_url, key_prefix=spawner.key_prefix,
-                   gitlab_url=spawner.gitlab_url)
+                   gitlab_url=spawner.gitlab_url, profiles=tuple(spawner.launch_profiles))
 
 
 class BooklabHandler(BaseHandler):

@@ -75,8 +75,9 @@ class LaunchMixin(BooklabHandler):
         """The server's address; on the user's own host when subdomain_host is set."""
         return url_path_join(user.server_url(name), target)
 
-    async def launch(self, project: str, ref: str, target: str = "") -> str:
-        """Returns the URL to redirect to; raises InvalidInput with a readable message."""
+    async def launch(self, project: str, ref: str, target: str = "", profile: str = "") -> str:
+        """Returns the URL to redirect to; raises InvalidInput with a readable message.
+        ``profile``: the launch profile (the spawner checks it; "": the default)."""
         project, ref = check.project_path(project), check.ref(ref)
         user = self.current_user
         name = server_name(project, ref)
@@ -93,7 +94,8 @@ class LaunchMixin(BooklabHandler):
             raise InvalidInput("This server is still stopping; try again in a moment")
         job_id = spawner.job_id if spawner.pending else None
         if not spawner.pending:
-            job_id = await self._start(user, spawner, {"project": project, "ref": ref})
+            options = {"project": project, "ref": ref, **({"profile": profile} if profile else {})}
+            job_id = await self._start(user, spawner, options)
         if job_id:
             return self.job_page_url(job_id, target)
         return self.build_page_url(user.name, name, target)
@@ -165,7 +167,7 @@ class LaunchFormHandler(LaunchMixin):
         try:
             if sha and not check.is_sha(sha):
                 raise InvalidInput("A commit sha is 7 to 64 hexadecimal characters")
-            url = await self.launch(project, ref)
+            url = await self.launch(project, ref, profile=self.get_body_argument("profile", ""))
         except InvalidInput as e:
             self.set_status(400)
             await self.render_page("error.html", title="Cannot launch", message=str(e))
@@ -196,16 +198,22 @@ class LaunchLinkHandler(LaunchMixin):
         if url:
             return self.redirect(url)
         await self.render_page("confirm.html", project=project, ref=ref, target=target,
-                               action=self.request.uri)
+                               action=self.request.uri, profile=self._profile(),
+                               profiles={p.name: p for p in self.booklab.profiles})
 
     @web.authenticated
     async def post(self, project: str, ref: str) -> None:
         try:
             project, ref, target = self._link(project, ref)
-            url = await self.launch(project, ref, target)
+            url = await self.launch(project, ref, target, self._profile())
         except InvalidInput as e:
             return await self.refuse(str(e))
         self.redirect(url)
+
+    def _profile(self) -> str:
+        """The launch link's ``?profile=`` (kept in the confirm form's action URL); the
+        spawner refuses an unknown one, saying so."""
+        return self.get_query_argument("profile", "")[:40]
 
     async def refuse(self, message: str) -> None:
         self.set_status(400)

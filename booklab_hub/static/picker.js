@@ -135,7 +135,9 @@
 
   function updateLink() {
     if (!state.project) return;
-    const link = `${publicBase}${base}v2/gl/${encodeURIComponent(state.project)}/${encodeURIComponent(currentRef())}`;
+    const profile = el("profile-select") ? el("profile-select").value : "default";
+    const query = profile && profile !== "default" ? `?${new URLSearchParams({ profile })}` : "";
+    const link = `${publicBase}${base}v2/gl/${encodeURIComponent(state.project)}/${encodeURIComponent(currentRef())}${query}`;
     const badge = `${publicBase}${base}badge.svg`;
     el("launch-link").value = link;
     el("badge-markdown").value = `[![Launch on Booklab](${badge})](${link})`;
@@ -166,6 +168,7 @@
   el("next-page").addEventListener("click", () => { if (state.nextPage) { state.page = state.nextPage; loadProjects(); } });
   el("ref-select").addEventListener("change", updateLink);
   el("sha-input").addEventListener("input", updateLink);
+  if (el("profile-select")) el("profile-select").addEventListener("change", updateLink);
   el("copy-link").addEventListener("click", copyLink);
   el("launch-form").addEventListener("submit", () => {
     el("launch-button").disabled = true;

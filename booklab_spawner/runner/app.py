@@ -25,9 +25,10 @@ from traitlets.config import Application
 
 from .. import __version__, registry
 from .. import jobs as J
+from .. import profiles as profmod
 from .. import runnerconf as confmod
 from ..crypto import SecretBox, Signer, check_runner_token
-from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable
+from ..exceptions import InvalidTransition, JobNotFound, RunnerUnavailable, SignatureError
 from ..keys import DEFAULT_PREFIX, Keys, check_id
 from ..redis_client import connect, default_url
 from ..traits import ByteSize
@@ -179,19 +180,41 @@ class Runner:
                     pass
                 continue
             try:
-                job_id = await self.store.claim(self.runner_id, CLAIM_BLOCK)
+                served = await self.served_profiles()
+                job_id = await self.store.claim(self.runner_id, CLAIM_BLOCK, served)
             except Exception as e:
                 log.warning("claim failed: %s", e)
                 await asyncio.sleep(1)  # Redis unreachable: back off, don't spin
                 continue
             if job_id is not None and await self._take(job_id):
-                await self.store.announce_positions()
+                await self.store.announce_positions(profiles=served)
                 await self.publish_info()
+
+    async def served_profiles(self) -> list[str]:
+        """The launch profiles this runner's labels satisfy, in the order it claims
+        them, from the hub's signed conf (only the default one before the hub
+        published it, or when its profiles cannot be read)."""
+        known = [profmod.DEFAULT]
+        try:
+            conf = await confmod.read(self.redis, self.keys, self.signer)
+            if conf is not None and conf.profiles:
+                known = profmod.parse(conf.profiles)
+        except (SignatureError, ValueError) as e:
+            # claim default jobs anyway: each then fails saying why (worker.py checks)
+            log.warning("ignoring the hub's launch profiles: %s", e)
+        served = profmod.served_by(known, self.labels)
+        if served != getattr(self, "_served", None):
+            log.info("serving launch profiles: %s", ", ".join(served) or "none")
+            self._served = served
+        return served
 
     async def _take(self, job_id: str) -> bool:
         if await self.store.move(job_id, J.CLAIMED, f"Claimed by runner {self.runner_id}",
                                  allowed_from=[J.QUEUED], runner=self.runner_id) is None:
             log.info("skipping job %s: it is no longer queued", job_id)
+            await self.store.release(self.runner_id, job_id)
+            return False
+        if not await self._can_serve(job_id):
             await self.store.release(self.runner_id, job_id)
             return False
         if self.stopping.is_set():
@@ -201,6 +224,23 @@ class Runner:
         self._track(worker, worker.run())
         log.info("claimed job %s", job_id)
         return True
+
+    async def _can_serve(self, job_id: str) -> bool:
+        """Whether this runner's labels satisfy what the job asks; the job fails saying
+        so when they do not (it sat in a queue this runner serves: the operator changed
+        the profile since, or Redis was written by someone else)."""
+        try:
+            needs = profmod.job_needs(await self.store.find(job_id))
+            if needs.satisfied_by(self.labels):
+                return True
+            why = (f"Runner {self.runner_id} does not offer what launch profile "
+                   f"{needs.name!r} needs (labels {needs.labels}, GPUs {needs.gpus or 0}): "
+                   "the profile changed since the launch; start it again")
+        except ValueError as e:
+            why = f"The job's launch profile cannot be read ({e})"
+        log.warning("job %s: %s", job_id, why)
+        await self.store.fail(job_id, why)
+        return False
 
     def adopt(self, job_id: str, container_id: str, image: str) -> None:
         """Watch a container left by this runner's previous run (see recovery)."""

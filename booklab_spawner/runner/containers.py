@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from docker.errors import APIError, ImageNotFound, NotFound
+from docker.types import DeviceRequest
 
 import docker
 
@@ -170,7 +171,7 @@ class Launcher:
             image=image, command=EXEC_ENTRY, stdin_open=True,
             name=f"booklab-{job['id']}", detach=True, labels=self.labels(job),
             user=str(user_id), network_mode=network, ports=ports, environment=public,
-            **limits(job, self.policy), **HARDENING,
+            **limits(job, self.policy), **devices(job), **HARDENING,
         )
         try:
             container = await self._run(self.client.containers.create, **kwargs)
@@ -409,6 +410,19 @@ def limits(job: dict[str, str], policy: ContainerPolicy = ContainerPolicy()) -> 
     if cpu > 0:
         out["nano_cpus"] = int(cpu * 1e9)
     return out
+
+
+def devices(job: dict[str, str]) -> dict[str, Any]:
+    """docker-py keyword arguments for the job's GPU request (its launch profile's
+    ``gpus``: a count or "all"), as ``docker run --gpus`` sends it: a device request
+    for the ``gpu`` capability (count -1 is Docker's "all")."""
+    gpus = job.get("gpus") or ""
+    if not gpus:
+        return {}
+    if gpus != "all" and not (gpus.isdigit() and 0 < int(gpus) <= 64):
+        raise LaunchFailed(f"Invalid GPU request {gpus[:40]!r}")
+    count = -1 if gpus == "all" else int(gpus)
+    return {"device_requests": [DeviceRequest(count=count, capabilities=[["gpu"]])]}
 
 
 def exit_message(info: Exit, when: str = "") -> str:

@@ -155,8 +155,8 @@ class WarmPool:
     def recipe(self, job: dict[str, str], image: str, cmd: list[str], network: str,
                notebook_port: int, user_id: int) -> Recipe | None:
         """The recipe of a launch, or None when it cannot go warm (another command)."""
-        if cmd != WARM_CMD or image in self.unwarmable:
-            return None
+        if cmd != WARM_CMD or image in self.unwarmable or job.get("gpus"):
+            return None  # (a warm container has no GPU request)
         return Recipe(image, network, notebook_port, user_id,
                       tuple(sorted(limits(job, self.launcher.policy).items())))
 
