@@ -1,14 +1,17 @@
 """Autosave at stop (save.autosave on), on the real stack: a stop (here by an admin
 through JupyterHub's API, the path the idle culler takes too) commits the server's
 changes to booklab/<user>/<server>-autosave first; relaunching that branch shows them;
-a server started with autosave=false is left out."""
+a server started with autosave=false is left out; the real jupyterhub-idle-culler's
+stop autosaves too."""
 
 from __future__ import annotations
+
+import secrets
 
 import pytest
 import requests
 
-from tests.conftest_stack import Hub, running_hub
+from tests.conftest_stack import Hub, RunnerProcess, running_hub
 from tests.test_e2e import wait_for_server, wait_for_stop
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -73,3 +76,47 @@ def test_stop_autosaves_and_the_autosave_branch_relaunches(hub, runner, demo_git
     wait_for_stop(hub, "alice", "again", token)
     assert gl.head("demo/hello", "booklab/alice/hello-autosave") == sha
     assert "Autosave: off for this server" in log_lines(hub, job)
+
+
+# jupyterhub-idle-culler as JupyterHub's docs configure it, culling after 20 s idle
+IDLE_CULLER = """
+import sys
+c.JupyterHub.services.append({"name": "idle-culler", "command": [
+    sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=20", "--cull-every=5"]})
+c.JupyterHub.load_roles.append({"name": "idle-culler", "services": ["idle-culler"],
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
+"""
+
+
+@pytest.fixture
+def culled_hub(demo_gitlab, redis_server, runner_token, tmp_path, request):
+    hub = Hub(tmp_path / "hub", demo_gitlab, redis_server.url, runner_token,
+              overrides={"save": {"autosave": True}})
+    hub.extra_config = IDLE_CULLER
+    yield from running_hub(hub, request)
+
+
+@pytest.fixture
+def culled_runner(culled_hub, redis_server, runner_token, tmp_path, request):
+    workdir = tmp_path / "runner"
+    workdir.mkdir()
+    proc = RunnerProcess(f"e2e-{secrets.token_hex(4)}", redis_server.url, runner_token,
+                         workdir, key_prefix=culled_hub.key_prefix)
+    yield proc
+    proc.stop()
+
+
+def test_the_idle_culler_autosaves_the_server_it_stops(culled_hub, culled_runner, demo_gitlab):
+    hub, gl = culled_hub, demo_gitlab
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    launch(hub, token, "idle")
+    put(hub, token, "idle", "left-idle.md", "written, then left alone\n")
+    job = hub.job_of("alice", "idle")["id"]
+
+    wait_for_stop(hub, "alice", "idle", token, timeout=180)  # nobody asked: the culler did
+    assert "(idle-culler@" in hub.process.output()  # its DELETE, in the hub's access log
+    sha = gl.head("demo/hello", "booklab/alice/idle-autosave")
+    assert sha, log_lines(hub, job)
+    assert gl.changed_paths("demo/hello", sha) == [("A", "left-idle.md")]
+    assert any(line.startswith("Autosave: Saved 1 file(s)") for line in log_lines(hub, job))

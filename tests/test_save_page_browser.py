@@ -7,11 +7,18 @@ import json
 import re
 
 import pytest
+import redis as syncredis
 import requests
 from playwright.sync_api import expect
 
-from tests.conftest_hub import wait_ready
-from tests.conftest_pages import browser_login, save_screenshot
+from tests.conftest_hub import wait_gone, wait_ready
+from tests.conftest_pages import (
+    PagesHub,
+    browser_login,
+    running_pages_runner,
+    save_screenshot,
+)
+from tests.conftest_stack import running_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 LAB_TIMEOUT = 300_000  # ms
@@ -93,3 +100,58 @@ def test_review_edit_and_save_from_the_page(pages_hub, pages_runner, browser_pag
     browser_login(page, hub, "bob", "bob-pw")
     resp = page.goto(hub.url + "/hub/booklab/save/hello")
     assert resp.status == 404
+
+
+@pytest.fixture
+def autosave_hub(pages_gitlab, redis_server, runner_token, tmp_path, request):
+    syncredis.Redis.from_url(redis_server.url).flushdb()
+    yield from running_hub(PagesHub(tmp_path / "hub", pages_gitlab, redis_server.url,
+                                    runner_token, overrides={"save": {"autosave": True}}),
+                           request)
+
+
+@pytest.fixture
+def autosave_runner(autosave_hub, redis_server, runner_token, tmp_path, pages_docker, request):
+    yield from running_pages_runner(autosave_hub, redis_server, runner_token, tmp_path,
+                                    request)
+
+
+def test_the_picker_offers_the_autosave_branch_and_an_opt_out(
+        autosave_hub, autosave_runner, browser_page):
+    hub, gl, page = autosave_hub, autosave_hub.gitlab, browser_page
+    branch = "booklab/alice/hello-autosave"
+    gl.commit("demo/hello", branch, {"saved.md": "autosaved\n"}, message="Autosave")
+    gl.commit("demo/hello", "booklab/bob/hello-autosave", {"bob.md": "bob's\n"})
+    browser_login(page, hub, "alice", "alice-pw")
+    page.goto(hub.url + "/hub/booklab/")
+    page.fill("#project-search", "hello")
+    items = page.locator(".booklab-project")
+    expect(items).to_have_count(1)
+    items.first.click()
+    expect(page.locator("#ref-select")).to_have_value("main")
+    offer = page.locator("#autosave-offer")
+    expect(offer).to_be_visible()
+    expect(page.locator("#autosave-branch")).to_have_text(branch)  # hers, never bob's
+    page.click("#autosave-continue")
+    expect(page.locator("#ref-select")).to_have_value(branch)
+    expect(page.locator("#launch-link")).to_have_value(
+        re.compile(r"/v2/gl/demo%2Fhello/booklab%2Falice%2Fhello-autosave$"))
+
+    checkbox = page.locator("#autosave-check")
+    expect(checkbox).to_be_checked()  # on unless she says otherwise
+    checkbox.uncheck()
+    page.click("#launch-button")
+    page.wait_for_url(re.compile(r"/user/alice/hello-booklab-"), timeout=LAB_TIMEOUT)
+    servers = hub.api("GET", "/users/alice").json()["servers"]
+    [(name, model)] = [(n, s) for n, s in servers.items()
+                       if s["user_options"].get("ref") == branch]
+    assert model["user_options"]["autosave"] is False
+    token = hub.user_token("alice")
+    r = requests.get(hub.proxied(f"/user/alice/{name}/api/contents/saved.md"),
+                     headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200, r.text  # the autosaved work is there
+    job = hub.job_of("alice", name)["id"]
+    assert hub.api("DELETE", f"/users/alice/servers/{name}").status_code in (202, 204)
+    wait_gone(hub, "alice", name)
+    messages = [f.get("message", "") for _, f in hub.redis().xrange(hub.keys.log(job))]
+    assert "Autosave: off for this server" in messages

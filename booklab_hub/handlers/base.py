@@ -32,6 +32,7 @@ class PageSettings:
     key_prefix: str
     gitlab_url: str
     profiles: tuple = ()  # the launch profiles (booklab_spawner.profiles.Profile), default first
+    autosave: bool = False  # servers autosave at stop (config.yml save.autosave)
 
     @classmethod
     def from_app(cls, app) -> PageSettings:
@@ -39,7 +40,8 @@ class PageSettings:
         from the authenticator (as the spawner reads it too)."""
         spawner = BooklabSpawner(config=app.config, authenticator=app.authenticator)
         return cls(redis_url=spawner.redis_url, key_prefix=spawner.key_prefix,
-                   gitlab_url=spawner.gitlab_url, profiles=tuple(spawner.launch_profiles))
+                   gitlab_url=spawner.gitlab_url, profiles=tuple(spawner.launch_profiles),
+                   autosave=spawner.autosave_hook is not None)
 
 
 class BooklabHandler(BaseHandler):

@@ -75,9 +75,11 @@ class LaunchMixin(BooklabHandler):
         """The server's address; on the user's own host when subdomain_host is set."""
         return url_path_join(user.server_url(name), target)
 
-    async def launch(self, project: str, ref: str, target: str = "", profile: str = "") -> str:
+    async def launch(self, project: str, ref: str, target: str = "", profile: str = "",
+                     autosave: bool = True) -> str:
         """Returns the URL to redirect to; raises InvalidInput with a readable message.
-        ``profile``: the launch profile (the spawner checks it; "": the default)."""
+        ``profile``: the launch profile (the spawner checks it; "": the default);
+        ``autosave``: False opts this server out of autosave at stop."""
         project, ref = check.project_path(project), check.ref(ref)
         user = self.current_user
         name = server_name(project, ref)
@@ -94,7 +96,8 @@ class LaunchMixin(BooklabHandler):
             raise InvalidInput("This server is still stopping; try again in a moment")
         job_id = spawner.job_id if spawner.pending else None
         if not spawner.pending:
-            options = {"project": project, "ref": ref, **({"profile": profile} if profile else {})}
+            options = {"project": project, "ref": ref, **({"profile": profile} if profile else {}),
+                       **({} if autosave else {"autosave": False})}
             job_id = await self._start(user, spawner, options)
         if job_id:
             return self.job_page_url(job_id, target)
@@ -167,7 +170,10 @@ class LaunchFormHandler(LaunchMixin):
         try:
             if sha and not check.is_sha(sha):
                 raise InvalidInput("A commit sha is 7 to 64 hexadecimal characters")
-            url = await self.launch(project, ref, profile=self.get_body_argument("profile", ""))
+            # the picker's "autosave" checkbox is sent only when ticked
+            autosave = not self.booklab.autosave or bool(self.get_body_argument("autosave", ""))
+            url = await self.launch(project, ref, profile=self.get_body_argument("profile", ""),
+                                    autosave=autosave)
         except InvalidInput as e:
             self.set_status(400)
             await self.render_page("error.html", title="Cannot launch", message=str(e))

@@ -120,7 +120,7 @@ class PickerHandler(BooklabHandler):
             "picker.html", servers=running_servers(user), runners_alive=len(alive),
             public_base=f"{self.request.protocol}://{self.request.host}",
             message=self.get_argument("message", "")[:200], max_refs=MAX_REFS,
-            profiles=self.booklab.profiles,
+            profiles=self.booklab.profiles, autosave=self.booklab.autosave,
         )
 
 

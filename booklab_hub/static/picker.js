@@ -105,6 +105,16 @@
     select.disabled = false;
     el("launch-button").disabled = false;
     el("refs-note").classList.toggle("d-none", !refs.truncated);
+    offerAutosave(refs.branches);
+  }
+
+  // booklab/<user>/<server>-autosave (booklab_hub/autosave.py): the person's own
+  // autosaved work on this project, offered before its default branch
+  function offerAutosave(branches) {
+    const mine = `booklab/${el("launch-panel").dataset.user}/`;
+    const found = branches.filter((n) => n.startsWith(mine) && n.endsWith("-autosave"));
+    el("autosave-offer").classList.toggle("d-none", !found.length);
+    el("autosave-branch").textContent = found[0] || "";
   }
 
   async function chooseProject(p, item) {
@@ -118,6 +128,7 @@
     el("ref-select").replaceChildren();
     el("ref-select").disabled = true;
     el("launch-button").disabled = true;
+    el("autosave-offer").classList.add("d-none");
     showError("refs-error", "");
     try {
       const refs = await getJSON(`${base}api/refs?${new URLSearchParams({ project: p.path_with_namespace })}`);
@@ -167,6 +178,11 @@
   el("prev-page").addEventListener("click", () => { state.page = Math.max(1, state.page - 1); loadProjects(); });
   el("next-page").addEventListener("click", () => { if (state.nextPage) { state.page = state.nextPage; loadProjects(); } });
   el("ref-select").addEventListener("change", updateLink);
+  el("autosave-continue").addEventListener("click", () => {
+    el("ref-select").value = el("autosave-branch").textContent;
+    el("sha-input").value = "";
+    updateLink();
+  });
   el("sha-input").addEventListener("input", updateLink);
   if (el("profile-select")) el("profile-select").addEventListener("change", updateLink);
   el("copy-link").addEventListener("click", copyLink);
