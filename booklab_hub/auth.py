@@ -124,7 +124,17 @@ class BooklabGitLabAuthenticator(GitLabOAuthenticator):
             auth_state = await user.get_auth_state()
             if auth_state and self._expires_soon(auth_state):
                 return await self._refresh_tokens(user, auth_state, handler)
-            return await super().refresh_user(user, handler, **kwargs)
+            try:
+                return await super().refresh_user(user, handler, **kwargs)
+            except HTTPClientError as e:
+                if e.code < 500:  # GitLab's answer: the login is no longer good
+                    raise
+                # GitLab down (5xx, or 599: no answer): the token has not expired, so the
+                # login stands until GitLab answers again; a stop (its autosave, its
+                # deploy key) must not fail on it, and a launch asks GitLab itself
+                self.log.warning("GitLab did not answer the login check of %s (%s): "
+                                 "keeping the current login", user.name, e.code)
+                return True
 
     async def fresh_token(self, user) -> str | None:
         """The user's GitLab access token, refreshed first if it expires soon.

@@ -46,8 +46,8 @@ async def autosave(spawner) -> str:
                       ServerFiles(spawner.server.url, server_token, saver.limits()), launched)
         result = await run.save(autosave_branch(user.name, spawner.name),
                                 f"Autosave of Booklab server {spawner.name} at stop")
-    except GitLabError as e:
-        raise SaveError(str(e)) from None
+    except GitLabError as e:  # GitLab's status kept: a 5xx (or none) may pass, a 4xx not
+        raise SaveError(str(e), e.status if e.status >= 400 else 502) from None
     finally:
         found = orm.APIToken.find(user.db, server_token)
         if found is not None:

@@ -59,6 +59,7 @@ from .runner_settings import RunnerSettings
 
 # environment variables that carry secrets: they travel encrypted in token:<job>
 _SECRET_ENV_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+AUTOSAVE_RETRY = 2.0  # s before a failed autosave is tried again (then doubling)
 # which timeout watches a job in each state
 _PHASE_OF = {QUEUED: "queue", CLAIMED: "build", FETCHING: "build", BUILDING: "build",
              STARTING: "start"}
@@ -445,15 +446,33 @@ class BooklabSpawner(LaunchEvents, CloneCredentials, FollowAfterRestart, Profile
         await self._release_deploy_key(job)
 
     async def _autosave(self, job_id: str) -> None:
-        """The operator's autosave before the container goes; never blocks the stop
-        beyond ``autosave_timeout``, and says so in the job's log when it failed."""
-        try:
-            message = await asyncio.wait_for(self.autosave_hook(self), self.autosave_timeout)
-        except asyncio.TimeoutError:
-            message = f"Autosave FAILED: not done within {self.autosave_timeout:.0f} s"
-        except Exception as e:  # the stop must go on; the reason goes to the log
-            self.log.warning("Autosave of %s failed: %s", self._log_name, e)
-            message = f"Autosave FAILED: {e}"
+        """The operator's autosave before the container goes. A failure that may pass
+        (GitLab or the server answering 5xx, or not at all) is tried again, the server
+        kept up meanwhile, until ``autosave_timeout``; one that will not (a 4xx: a
+        refusal, a limit) ends it at once. Never blocks the stop beyond that time, and
+        every failure is in the job's log."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.autosave_timeout, AUTOSAVE_RETRY
+        while True:
+            try:
+                message = await asyncio.wait_for(self.autosave_hook(self),
+                                                 max(deadline - loop.time(), 0.1))
+                break
+            except asyncio.TimeoutError:
+                message = f"Autosave FAILED: not done within {self.autosave_timeout:.0f} s"
+                break
+            except Exception as e:  # the stop must go on; the reason goes to the log
+                self.log.warning("Autosave of %s failed: %s", self._log_name, e)
+                status = getattr(e, "status", 0) or 0
+                if 400 <= status < 500 or deadline - loop.time() <= delay:
+                    message = f"Autosave FAILED: {e}"
+                    break
+                await self.store.log(
+                    job_id, f"Autosave failed ({str(e)[:300]}): trying again in "
+                    f"{delay:.0f} s; the server stays up until it is saved or "
+                    f"{self.autosave_timeout:.0f} s have passed", phase="stop")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
         if message:
             await self.store.log(job_id, str(message)[:500], phase="stop")
 

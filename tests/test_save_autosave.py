@@ -11,6 +11,7 @@ import secrets
 import pytest
 import requests
 
+from tests.conftest_hub import wait_until
 from tests.conftest_stack import Hub, RunnerProcess, running_hub
 from tests.test_e2e import wait_for_server, wait_for_stop
 
@@ -120,3 +121,31 @@ def test_the_idle_culler_autosaves_the_server_it_stops(culled_hub, culled_runner
     assert sha, log_lines(hub, job)
     assert gl.changed_paths("demo/hello", sha) == [("A", "left-idle.md")]
     assert any(line.startswith("Autosave: Saved 1 file(s)") for line in log_lines(hub, job))
+
+
+def test_a_failed_autosave_is_tried_again_while_the_server_stays_up(
+        hub, runner, demo_gitlab, docker_client):
+    gl = demo_gitlab
+    hub.login("alice", "alice-pw")
+    token = hub.user_token("alice")
+    launch(hub, token, "retry")
+    put(hub, token, "retry", "retry.md", "saved once GitLab is back\n")
+    job = hub.job_of("alice", "retry")
+
+    end_outage = gl.outage(502)  # GitLab down behind its proxy
+    try:
+        r = hub.api("DELETE", "/users/alice/servers/retry")
+        assert r.status_code in (202, 204), r.text
+        wait_until(lambda: any("trying again" in line for line in log_lines(hub, job["id"])),
+                   60, "a failed autosave said it tries again")
+        # the server is kept meanwhile
+        assert docker_client.containers.get(job["container"]).status == "running"
+    finally:
+        end_outage()
+    wait_for_stop(hub, "alice", "retry", token)
+    sha = gl.head("demo/hello", "booklab/alice/retry-autosave")
+    assert sha, log_lines(hub, job["id"])
+    assert gl.changed_paths("demo/hello", sha) == [("A", "retry.md")]
+    lines = log_lines(hub, job["id"])
+    assert any("Autosave failed (" in line and "502" in line for line in lines), lines
+    assert any(line.startswith("Autosave: Saved 1 file(s)") for line in lines), lines

@@ -87,6 +87,15 @@ class GitLabDouble:
             raise RuntimeError("GitLabDouble.start() was not called")
         return self._server.hold()
 
+    def outage(self, status: int = 502) -> Callable[[], None]:
+        """Answer every REST call with ``status`` (GitLab down behind its reverse proxy:
+        502) until the returned function is called."""
+        self.store.outage = status
+
+        def end() -> None:
+            self.store.outage = 0
+        return end
+
     def stop(self) -> None:
         self.stop_ssh()
         if self._server is not None:

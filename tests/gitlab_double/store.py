@@ -165,6 +165,8 @@ class Store:
         self.link_host: str | None = None
         # seconds every REST, OAuth and git-over-HTTP answer waits: GitLab over a network
         self.latency = 0.0
+        # while not 0: every REST call answers this status (GitLab down behind its proxy)
+        self.outage = 0
         self.lock = threading.RLock()
         self._ids = {k: itertools.count(1)
                      for k in ("user", "ns", "project", "app", "key", "share")}

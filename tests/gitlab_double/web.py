@@ -17,7 +17,8 @@ READ_METHODS = ("GET", "HEAD")
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 20
 _STATUS_TEXT = {400: "400 Bad request", 401: "401 Unauthorized", 403: "403 Forbidden",
-                404: "404 Not Found", 405: "405 Not Allowed"}
+                404: "404 Not Found", 405: "405 Not Allowed", 502: "502 Bad Gateway",
+                503: "503 Service Unavailable"}
 
 
 class ApiError(HTTPError):
@@ -54,6 +55,9 @@ class BaseHandler(RequestHandler):
     async def prepare(self) -> None:
         if self.store.latency:  # a round trip to a GitLab elsewhere (Store.latency)
             await asyncio.sleep(self.store.latency)
+        if self.store.outage and self.request.path.startswith("/api/"):
+            status = self.store.outage  # GitLab.outage(): what its proxy answers meanwhile
+            raise ApiError(status, {"message": _STATUS_TEXT.get(status, f"{status}")})
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
