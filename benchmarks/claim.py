@@ -50,10 +50,16 @@ async def _blmove_sample(clients, keys: Keys, i: int) -> float:
     hub, runners = clients[0], clients[1:]
     waiters = [asyncio.create_task(r.blmove(keys.queue, keys.claimed(f"r{n}"), 5, "RIGHT",
                                             "LEFT")) for n, r in enumerate(runners)]
+    return await _first_claim(waiters, _main_create(hub, keys, f"job-{i}"))
+
+
+async def _first_claim(waiters: list[asyncio.Task], create) -> float:
+    """Seconds from queueing a job (``create``, awaited once the runners block) until
+    the first of them holds it; the others stop waiting."""
     await asyncio.sleep(0.01)  # all blocked
     t0 = time.perf_counter()
-    await _main_create(hub, keys, f"job-{i}")
-    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    await create
+    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     elapsed = time.perf_counter() - t0
     for task in pending:
         task.cancel()
@@ -67,15 +73,8 @@ async def _script_sample(clients, keys: Keys, i: int, profiles: list[str],
     hub, runners = stores[0], stores[1:]
     waiters = [asyncio.create_task(s.claim(f"r{n}", 5, profiles))
                for n, s in enumerate(runners)]
-    await asyncio.sleep(0.01)
-    t0 = time.perf_counter()
-    await hub.create(f"job-{i}", {"user": f"u{i % 7}", "profile": job_profile}, "blob")
-    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    elapsed = time.perf_counter() - t0
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return elapsed
+    return await _first_claim(waiters, hub.create(
+        f"job-{i}", {"user": f"u{i % 7}", "profile": job_profile}, "blob"))
 
 
 async def run(samples: int) -> None:

@@ -23,3 +23,15 @@ def gitlab_session(tmp_path_factory):
     gl.start()
     yield gl
     gl.stop()
+
+
+@pytest.fixture
+def role_gitlab(gitlab):
+    """alice Developer, maya Maintainer, rita Reporter, gus Guest, bob nothing, on
+    demo/hello: one user per role rule of the double."""
+    for name in ("alice", "maya", "rita", "gus", "bob"):
+        gitlab.add_user(name, password=f"{name}-pw", name=name.title())
+    gitlab.add_project("demo/hello", files={"Dockerfile": "FROM scratch\n", "README.md": "hi\n"})
+    for name, level in (("alice", 30), ("maya", 40), ("rita", 20), ("gus", 10)):
+        gitlab.add_member("demo/hello", name, level)
+    return gitlab

@@ -27,13 +27,9 @@ STATE = "eyJzdGF0ZV9pZCI6ICJhYmMifQ=="  # base64 with padding: must come back un
 
 
 @pytest.fixture
-def gl(gitlab):
-    """alice Developer, maya Maintainer, rita Reporter, gus Guest, bob nothing."""
-    for name in ("alice", "maya", "rita", "gus", "bob"):
-        gitlab.add_user(name, password=f"{name}-pw", name=name.title())
-    gitlab.add_project("demo/hello", files={"Dockerfile": "FROM scratch\n", "README.md": "hi\n"})
-    for name, level in (("alice", 30), ("maya", 40), ("rita", 20), ("gus", 10)):
-        gitlab.add_member("demo/hello", name, level)
+def gl(role_gitlab):
+    """role_gitlab's users and project, and an OAuth application."""
+    gitlab = role_gitlab
     gitlab.add_oauth_app(CLIENT_ID, CLIENT_SECRET, redirect_uri=REDIRECT,
                          scopes=["api", "read_api", "read_user", "read_repository"])
     return gitlab

@@ -16,14 +16,8 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00binary\xff\xfe"
 
 
 @pytest.fixture
-def gl(gitlab):
-    """alice Developer, maya Maintainer, rita Reporter, gus Guest, bob nothing."""
-    for name in ("alice", "maya", "rita", "gus", "bob"):
-        gitlab.add_user(name, password=f"{name}-pw", name=name.title())
-    gitlab.add_project("demo/hello", files={"Dockerfile": "FROM scratch\n", "README.md": "hi\n"})
-    for name, level in (("alice", 30), ("maya", 40), ("rita", 20), ("gus", 10)):
-        gitlab.add_member("demo/hello", name, level)
-    return gitlab
+def gl(role_gitlab):
+    return role_gitlab
 
 
 def commit(gl, user, actions, branch="work", **extra):
