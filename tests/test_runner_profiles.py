@@ -57,3 +57,26 @@ async def test_a_runner_fails_a_job_whose_labels_it_does_not_offer(
     assert job["error"] == ("Runner rt-plain does not offer what launch profile 'default' "
                             "needs (labels {'mem': '64G'}, GPUs 0): the profile changed "
                             "since the launch; start it again")
+
+
+async def test_a_busy_runner_serves_people_in_turn(rt_runners, launcher, demo_project):
+    """Fair share with a real runner of one slot: alice's four launches are queued
+    before bob's one; bob's comes right after her first, not after her fourth."""
+    sha = demo_project.commit("demo/hello", "main", {})
+    alice = [await launcher.launch("demo/hello", sha) for _ in range(4)]
+    bob = await launcher.launch("demo/hello", sha, user="bob")
+    rt_runners.start("fair")  # one slot
+    await launcher.wait_state(alice[0], "running")
+    for job_id in [*alice[1:], bob]:
+        assert (await launcher.store.get(job_id))["state"] == "queued"
+    assert await launcher.store.queue_position(bob) == 1  # next, as the page says
+
+    await launcher.stop(alice[0])  # one slot turnover
+    await launcher.wait_state(bob, "running")
+    for job_id in alice[1:]:
+        assert (await launcher.store.get(job_id))["state"] == "queued"
+    await launcher.stop(bob)
+    await launcher.wait_state(alice[1], "running")  # then hers again, in her order
+    await launcher.stop(alice[1])
+    for job_id in alice[2:]:
+        await launcher.store.cancel_queued(job_id)
