@@ -163,10 +163,8 @@ class Launcher:
         copied into the repository directory before the notebook starts.
         """
         network, port, bind_ip, ports = await self.placement(network, notebook_port)
-        prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        public = {**env, "JUPYTERHUB_SERVICE_URL": f"http://{bind_ip}:{port}{prefix}"}
-        line = json.dumps({"env": {**public, **(secret_env or {})},
-                           "argv": [*cmd, f"--ip={bind_ip}", f"--port={port}"]})
+        public = {**env, "JUPYTERHUB_SERVICE_URL": service_url(env, bind_ip, port)}
+        line = launch_line({**public, **(secret_env or {})}, cmd, bind_ip, port)
         kwargs: dict[str, Any] = dict(
             image=image, command=EXEC_ENTRY, stdin_open=True,
             name=f"booklab-{job['id']}", detach=True, labels=self.labels(job),
@@ -178,7 +176,7 @@ class Launcher:
             if content:
                 await self.put_content(container, content)
             await self._run(container.start)
-            await self._run(send_line, self.client, container.id, line.encode() + b"\n")
+            await self._run(send_line, self.client, container.id, line)
         except (APIError, ImageNotFound) as e:
             raise LaunchFailed(f"Docker refused to start the notebook: {_explain(e)}") from None
         return container.id, await self.url_of(container, network, port)
@@ -343,6 +341,20 @@ class Launcher:
             if e.status_code == 409:
                 return False
             raise
+
+
+def service_url(env: dict[str, str], bind_ip: str, port: int) -> str:
+    """``JUPYTERHUB_SERVICE_URL``: where the server listens, under its prefix."""
+    return f"http://{bind_ip}:{port}{env.get('JUPYTERHUB_SERVICE_PREFIX', '/')}"
+
+
+def launch_line(env: dict[str, str], cmd: list[str], bind_ip: str, port: int) -> bytes:
+    """The one JSON line a container's entry program reads from stdin (cold:
+    :data:`EXEC_ENTRY`; warm: ``warm.ENTRY``): the whole environment, with the
+    service URL, and the server's command with ``--ip``/``--port``."""
+    payload = {"env": {**env, "JUPYTERHUB_SERVICE_URL": service_url(env, bind_ip, port)},
+               "argv": [*cmd, f"--ip={bind_ip}", f"--port={port}"]}
+    return json.dumps(payload).encode() + b"\n"
 
 
 def send_line(client: Any, container_id: str, data: bytes) -> None:

@@ -39,7 +39,6 @@ leave it alone.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -50,7 +49,15 @@ from typing import Any
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from ..exceptions import LaunchFailed
-from .containers import HARDENING, LABEL_RUNNER, LABEL_WARM, Launcher, limits, send_line
+from .containers import (
+    HARDENING,
+    LABEL_RUNNER,
+    LABEL_WARM,
+    Launcher,
+    launch_line,
+    limits,
+    send_line,
+)
 
 log = logging.getLogger(__name__)
 REFIT = 5.0  # seconds between fits of the pool when nothing woke it
@@ -172,7 +179,7 @@ class WarmPool:
         one, else one created now (in the background: the job goes on fetching)."""
         if job_id in self._prestarts or self._reserved_by(job_id):
             return
-        free = [w for w in self.warm.values() if w.recipe == recipe and not w.reserved]
+        free = [w for w in self._free() if w.recipe == recipe]
         if free:
             max(free, key=lambda w: (w.ready, -w.created)).reserved = job_id
             return
@@ -180,16 +187,14 @@ class WarmPool:
 
     async def take(self, recipe: Recipe, job_id: str = "") -> Warm | None:
         """A warm container of ``recipe``, now out of the pool (used once), if any: the
-        one reserved for ``job_id`` first (its creation awaited), else a free one."""
+        one reserved for ``job_id`` first (its creation awaited), else a free one. A
+        reservation of another recipe stays the job's until :meth:`release`."""
         creating = self._prestarts.pop(job_id, None) if job_id else None
         if creating is not None:
             await asyncio.gather(creating, return_exceptions=True)
         mine = self._reserved_by(job_id) if job_id else []
         found = [w for w in mine if w.recipe == recipe] or [
-            w for w in self.warm.values() if w.recipe == recipe and not w.reserved]
-        for w in mine:
-            if w not in found:
-                w.reserved = ""  # the commit needs another image: the pool's now
+            w for w in self._free() if w.recipe == recipe]
         if not found:
             self.wake()
             return None
@@ -233,19 +238,13 @@ class WarmPool:
         """Hand ``warm`` to ``job``: name, content, then environment and arguments
         through stdin. Returns (container id, URL) as :meth:`Launcher.start` does."""
         launcher = self.launcher
-        prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        payload = {
-            "env": {**env, "JUPYTERHUB_SERVICE_URL":
-                    f"http://{warm.bind_ip}:{warm.port}{prefix}"},
-            "argv": [*WARM_CMD, *args, f"--ip={warm.bind_ip}", f"--port={warm.port}"],
-        }
+        line = launch_line(env, [*WARM_CMD, *args], warm.bind_ip, warm.port)
         try:
             container = await launcher.call(launcher.client.containers.get, warm.container_id)
             await launcher.call(container.rename, f"booklab-{job['id']}")
             if content:
                 await launcher.put_content(container, content)
-            await launcher.call(send_line, launcher.client, warm.container_id,
-                                json.dumps(payload).encode() + b"\n")
+            await launcher.call(send_line, launcher.client, warm.container_id, line)
         except (APIError, NotFound) as e:
             raise LaunchFailed("Docker refused to hand the warm notebook container over: "
                                f"{getattr(e, 'explanation', None) or e}") from None

@@ -153,6 +153,7 @@ class JobWorker:
         job = await self.store.get(self.job_id)
         secrets = await self._secrets()
         conf = await self.runner.conf()
+        self.runner.signer.check_job(job)  # the copy the rest of the pipeline acts on
         await self._prestart(job, conf)
         workdir = tempfile.mkdtemp(prefix="booklab-job-", dir=self.runner.work_dir)
         try:
@@ -183,7 +184,6 @@ class JobWorker:
         if pool is None or not conf.prestart:
             return
         try:
-            self.runner.signer.check_job(job)
             guess = await self.runner.images.latest(imagekey.image_repo(
                 conf.image_prefix, job["project_id"], job["project"]))
             if not guess or not await self.runner.launcher.image_exists(guess):
@@ -201,7 +201,6 @@ class JobWorker:
 
     async def _fetch(self, job: dict[str, str], clone: dict[str, str], conf: RunnerConf,
                      checkout: str) -> None:
-        self.runner.signer.check_job(job)  # the copy the rest of the pipeline acts on
         sha, ref = job["sha"], job["ref"]
         await self.step(J.FETCHING, f"Fetching {job['project']} at {ref} ({sha[:12]})")
         if not clone.get("method"):
@@ -286,9 +285,7 @@ class JobWorker:
 
     async def _start(self, job: dict[str, str], secrets: dict[str, Any], conf: RunnerConf,
                      content: str) -> None:
-        public = json.loads(job.get("env") or "{}")
-        secret = secrets.get("env") or {}
-        env = {**public, **secret}
+        env = {**json.loads(job.get("env") or "{}"), **(secrets.get("env") or {})}
         cmd = self._cmd(job)
         args = json.loads(job.get("args") or "[]")
         pool = self.runner.warm
@@ -334,7 +331,7 @@ class JobWorker:
                                           conf.container_start_timeout)
             return
         except ContainerExited as e:
-            if not self._bound_warm or self.runner.warm is None:
+            if not self._bound_warm:
                 raise
             await self._say_lines(e.exit.last_lines)
             await self._warm_failed(f"it exited while starting: {e}")
